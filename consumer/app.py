@@ -1,0 +1,573 @@
+"""The moderation pipeline, read top to bottom in the order an event travels.
+
+    getmany ─▶ admit (track offset) ─▶ prepare (parse, fetch, decode; thread pool)
+         ─▶ micro-batcher ─▶ Triton (several batches in flight) ─▶ policy.decide
+         ─▶ produce decision (acks=all) ─▶ offset complete ─▶ periodic commit
+
+Anything that cannot be moderated goes to the dead-letter topic instead of a decision topic,
+and its offset completes the same way. An offset is committed only once it and every earlier
+offset of its partition have an acknowledged outcome, so a crash can duplicate decisions but
+never lose an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+
+from consumer.batcher import MicroBatcher
+from consumer.errors import (
+    EventRejected,
+    InferenceRejected,
+    InferenceUnavailable,
+    InvalidEvent,
+)
+from consumer.events import (
+    Decision,
+    DeadLetter,
+    ImageEvent,
+    ModelRef,
+    SourceRecord,
+    Timings,
+)
+from consumer.health import HealthState
+from consumer.imaging import DecodedImage, ImageFetcher, ImageLimits, decode_base64, decode_image
+from consumer.inference import ModelSpec, TritonClassifier
+from consumer.metrics import Metrics, TenantLabels
+from consumer.offsets import OffsetTracker, Ticket
+from consumer.policy import PolicySet
+from consumer.settings import BatchSettings, FlowSettings, TopicSettings, TritonSettings
+from consumer.sink import Headers, Sink
+
+logger = logging.getLogger(__name__)
+
+HEADER_PREFIX = "modstream-"
+# Resume fetching once in-flight work falls to this share of its limit, so the consumer does
+# not flap between paused and resumed on every completed event.
+RESUME_FRACTION = 0.8
+# Room left in a produce request for the dead letter's envelope around the original bytes.
+DEAD_LETTER_ENVELOPE_BYTES = 64 * 1024
+
+
+@dataclass
+class Pending:
+    """A record read from Kafka whose outcome is not yet acknowledged."""
+
+    record: ConsumerRecord[bytes, bytes]
+    ticket: Ticket[TopicPartition]
+    size: int
+    consumed_at: datetime
+
+
+@dataclass
+class Prepared:
+    pending: Pending
+    event: ImageEvent
+    image: DecodedImage
+    batched_at: float
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    input_topic: str
+    max_poll_records: int
+    commit_interval_s: float
+    producer_max_request_size: int
+
+
+class Pipeline:
+    """Consumes image events and produces one decision or dead letter per event."""
+
+    def __init__(
+        self,
+        *,
+        consumer: AIOKafkaConsumer,
+        sink: Sink,
+        classifier: TritonClassifier,
+        fetcher: ImageFetcher,
+        policies: PolicySet,
+        topics: TopicSettings,
+        batching: BatchSettings,
+        flow: FlowSettings,
+        triton: TritonSettings,
+        image_limits: ImageLimits,
+        decode_workers: int,
+        limits: PipelineLimits,
+        metrics: Metrics,
+        max_tenant_labels: int,
+        health: HealthState,
+    ) -> None:
+        self._consumer = consumer
+        self._sink = sink
+        self._classifier = classifier
+        self._fetcher = fetcher
+        self._policies = policies
+        self._topics = topics
+        self._flow = flow
+        self._triton = triton
+        self._image_limits = image_limits
+        self._limits = limits
+        self._metrics = metrics
+        self._health = health
+        self._tenant_labels = TenantLabels(max_tenant_labels, policies.tenants)
+        self._max_batch_size = batching.max_batch_size
+        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._batcher: MicroBatcher[Prepared] = MicroBatcher(
+            batching.max_batch_size, batching.max_wait_ms / 1000
+        )
+        self._batch_slots = asyncio.Semaphore(triton.max_inflight_batches)
+        self._executor = ThreadPoolExecutor(decode_workers, thread_name_prefix="modstream-decode")
+        self._event_tasks: set[asyncio.Task[None]] = set()
+        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._inflight_events = 0
+        self._inflight_bytes = 0
+        self._paused = False
+        self._spec: ModelSpec | None = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        if self._spec is None:
+            raise RuntimeError("the pipeline has not connected to Triton yet")
+        return self._spec
+
+    # ── lifecycle ──────────────────────────────────────────────────────────────────────────
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain in-flight work within the drain deadline.
+
+        Raises ModelMismatch / PolicyError before consuming anything when the served model or
+        the policy do not fit.
+        """
+        self._spec = await self._classifier.connect(self._max_batch_size)
+        self._policies.check_categories(self._spec.class_names)
+        self._metrics.model_info.info({"name": self._spec.name, "version": self._spec.version})
+        self._metrics.policy_info.info({"version": self._policies.version})
+        self._health.triton_ok = True
+
+        self._consumer.subscribe(
+            [self._limits.input_topic], listener=_CommitOnRevoke(self._on_revoked)
+        )
+        await self._consumer.start()
+        self._health.kafka_ok = True
+        self._health.started = True
+        fetching = asyncio.create_task(self._fetch_loop(stop), name="fetch")
+        dispatching = asyncio.create_task(self._dispatch_loop(), name="dispatch")
+        committing = asyncio.create_task(self._commit_loop(), name="commit")
+        try:
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait(
+                {stopped, fetching, dispatching, committing}, return_when=asyncio.FIRST_COMPLETED
+            )
+            stopped.cancel()
+            for task in done:
+                if task is not stopped and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self._health.stopping = True
+            await _cancel(fetching)
+            await self._drain(dispatching)
+            await _cancel(committing)
+            await self._commit()
+            await self._consumer.stop()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _drain(self, dispatching: asyncio.Task[None]) -> None:
+        """Finish what was read, within the deadline; whatever is left is redelivered later."""
+        self._batcher.close()
+        deadline = self._flow.drain_timeout_s
+        pending: set[asyncio.Task[None]] = {dispatching, *self._event_tasks, *self._batch_tasks}
+        started = time.monotonic()
+        while pending:
+            remaining = deadline - (time.monotonic() - started)
+            if remaining <= 0:
+                break
+            _, pending = await asyncio.wait(pending, timeout=remaining)
+            # Event tasks finishing now may have put items the dispatcher turns into new batches.
+            pending |= {t for t in (*self._event_tasks, *self._batch_tasks) if not t.done()}
+        if pending:
+            logger.warning(
+                "drain deadline of %.1fs passed with %d events in flight; they are not "
+                "committed and will be redelivered",
+                deadline,
+                self._inflight_events,
+            )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    # ── fetch and admit ────────────────────────────────────────────────────────────────────
+
+    async def _fetch_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._apply_backpressure()
+            try:
+                batches = await self._consumer.getmany(
+                    timeout_ms=200, max_records=self._limits.max_poll_records
+                )
+            except KafkaError as exc:
+                self._health.kafka_ok = False
+                logger.warning("fetch failed, retrying: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
+            self._health.kafka_ok = True
+            for partition, records in batches.items():
+                for record in records:
+                    self._admit(partition, record)
+
+    def _apply_backpressure(self) -> None:
+        """Pause every assigned partition while too much is in flight; heartbeats go on."""
+        flow = self._flow
+        over = (
+            self._inflight_events >= flow.max_inflight_events
+            or self._inflight_bytes >= flow.max_inflight_bytes
+        )
+        drained = (
+            self._inflight_events <= flow.max_inflight_events * RESUME_FRACTION
+            and self._inflight_bytes <= flow.max_inflight_bytes * RESUME_FRACTION
+        )
+        assignment = self._consumer.assignment()
+        if over or (self._paused and not drained):
+            if not self._paused:
+                logger.info(
+                    "pausing %d partitions: %d events / %d bytes in flight",
+                    len(assignment),
+                    self._inflight_events,
+                    self._inflight_bytes,
+                )
+            self._paused = True
+            self._consumer.pause(*assignment)
+            self._metrics.paused_partitions.set(len(assignment))
+        elif self._paused:
+            self._paused = False
+            self._consumer.resume(*assignment)
+            self._metrics.paused_partitions.set(0)
+            logger.info("resumed %d partitions", len(assignment))
+
+    def _admit(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        size = len(record.value or b"")
+        pending = Pending(
+            record=record,
+            ticket=self._tracker.track(partition, record.offset),
+            size=size,
+            consumed_at=datetime.now(UTC),
+        )
+        self._inflight_events += 1
+        self._inflight_bytes += size
+        self._metrics.events_consumed.labels(record.topic).inc()
+        self._update_inflight_gauges()
+        self._spawn(self._event_tasks, self._prepare(pending))
+
+    def _spawn(self, tasks: set[asyncio.Task[None]], work: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        task.add_done_callback(_log_crash)
+        return task
+
+    # ── prepare: parse, fetch, decode ──────────────────────────────────────────────────────
+
+    async def _prepare(self, pending: Pending) -> None:
+        loop = asyncio.get_running_loop()
+        event: ImageEvent | None = None
+        started = time.perf_counter()
+        try:
+            event = await loop.run_in_executor(self._executor, parse_event, pending.record.value)
+            size = self.spec.input_size
+            if event.image_b64 is not None:
+                image = await loop.run_in_executor(
+                    self._executor, _decode_inline, event.image_b64, size, self._image_limits
+                )
+            else:
+                data = await self._fetcher.fetch(str(event.image_url))
+                image = await loop.run_in_executor(
+                    self._executor, decode_image, data, size, self._image_limits
+                )
+        except EventRejected as exc:
+            await self._dead_letter(pending, exc, event)
+            return
+        except Exception as exc:
+            # A bug must not stall the partition's commits or lose the event: record it.
+            logger.exception("unexpected error preparing %s", _where(pending.record))
+            rejected = EventRejected("internal_error", f"unexpected {type(exc).__name__}: {exc}")
+            await self._dead_letter(pending, rejected, event)
+            return
+        self._metrics.decode_seconds.observe(time.perf_counter() - started)
+        self._batcher.put(Prepared(pending, event, image, time.perf_counter()))
+
+    # ── batch, infer, decide, produce ──────────────────────────────────────────────────────
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            batch = await self._batcher.next_batch()
+            if not batch:
+                return
+            await self._batch_slots.acquire()
+            task = self._spawn(self._batch_tasks, self._infer_and_route(batch))
+            task.add_done_callback(lambda _: self._batch_slots.release())
+
+    async def _infer_and_route(self, batch: list[Prepared]) -> None:
+        dispatched_at = time.perf_counter()
+        outcomes = await self._classify(batch)
+        deliveries: list[Awaitable[None]] = []
+        for item, outcome in outcomes:
+            if isinstance(outcome, InferenceRejected):
+                rejected = EventRejected("inference_rejected", str(outcome))
+                deliveries.append(self._dead_letter(item.pending, rejected, item.event))
+            else:
+                probs, seconds = outcome
+                wait_s = dispatched_at - item.batched_at
+                deliveries.append(self._decide(item, probs, wait_s, seconds))
+        await asyncio.gather(*deliveries)
+
+    async def _classify(
+        self, batch: list[Prepared]
+    ) -> list[tuple[Prepared, tuple[np.ndarray, float] | InferenceRejected]]:
+        """Infer a batch, retrying outages; a rejected batch is split to isolate the bad event."""
+        pixels = np.stack([item.image.pixels for item in batch])
+        backoff = self._triton.retry_initial_backoff_s
+        while True:
+            try:
+                result = await self._classifier.classify(pixels)
+            except InferenceUnavailable as exc:
+                self._health.triton_ok = False
+                self._metrics.triton_errors.labels(exc.code).inc()
+                logger.warning("Triton unavailable, retrying in %.2fs: %s", backoff, exc)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self._triton.retry_max_backoff_s)
+                continue
+            except InferenceRejected as exc:
+                self._metrics.triton_errors.labels(exc.code).inc()
+                if len(batch) == 1:
+                    return [(batch[0], exc)]
+                middle = len(batch) // 2
+                return [*await self._classify(batch[:middle]), *await self._classify(batch[middle:])]
+            self._health.triton_ok = True
+            self._metrics.batch_size.observe(len(batch))
+            self._metrics.inference_seconds.observe(result.seconds)
+            return [(item, (result.probs[i], result.seconds)) for i, item in enumerate(batch)]
+
+    async def _decide(
+        self, item: Prepared, probs: np.ndarray, batch_wait_s: float, inference_s: float
+    ) -> None:
+        event = item.event
+        spec = self.spec
+        scores = {name: round(float(p), 6) for name, p in zip(spec.class_names, probs, strict=True)}
+        rules = self._policies.rules_for(event.tenant_id)
+        verdict = self._policies.decide(event.tenant_id, scores)
+        decided_at = datetime.now(UTC)
+        decision = Decision(
+            event_id=event.event_id,
+            tenant_id=event.tenant_id,
+            action=verdict.action,
+            scores=scores,
+            reasons=list(verdict.reasons),
+            model=ModelRef(name=spec.name, version=spec.version),
+            policy_version=self._policies.version,
+            timings=Timings(
+                queue_ms=_ms_between(event.created_at, item.pending.consumed_at),
+                decode_ms=round(item.image.decode_seconds * 1000, 3),
+                batch_wait_ms=round(batch_wait_s * 1000, 3),
+                inference_ms=round(inference_s * 1000, 3),
+                total_ms=_ms_between(event.created_at, decided_at),
+            ),
+            decided_at=decided_at,
+            metadata=dict(event.metadata),
+        )
+        headers = _carry_headers(item.pending.record) + [
+            ("content-type", b"application/json"),
+            (HEADER_PREFIX + "schema", b"decision/" + decision.schema_version.encode()),
+            (HEADER_PREFIX + "action", verdict.action.value.encode()),
+            (HEADER_PREFIX + "policy-version", self._policies.version.encode()),
+        ]
+        topic = rules.topics.for_action(verdict.action)
+        await self._sink.deliver(
+            topic, event.event_id.encode(), decision.model_dump_json().encode(), headers
+        )
+        tenant = self._tenant_labels.label(event.tenant_id)
+        self._metrics.decisions.labels(verdict.action.value, tenant).inc()
+        self._metrics.end_to_end_seconds.observe(
+            max(0.0, (datetime.now(UTC) - event.created_at).total_seconds())
+        )
+        logger.debug(
+            "decided %s for %s",
+            verdict.action.value,
+            event.event_id,
+            extra={
+                "event_id": event.event_id,
+                "tenant": event.tenant_id,
+                "action": verdict.action.value,
+                "topic": topic,
+                **_record_fields(item.pending.record),
+            },
+        )
+        self._finish(item.pending)
+
+    async def _dead_letter(
+        self, pending: Pending, rejected: EventRejected, event: ImageEvent | None
+    ) -> None:
+        record = pending.record
+        value = record.value
+        keep_original = value is not None and (
+            len(value) * 4 // 3 + DEAD_LETTER_ENVELOPE_BYTES < self._limits.producer_max_request_size
+        )
+        letter = DeadLetter(
+            reason_code=rejected.code,
+            reason=rejected.message,
+            event_id=event.event_id if event else None,
+            tenant_id=event.tenant_id if event else None,
+            source=SourceRecord(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                timestamp_ms=record.timestamp,
+                key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
+            ),
+            original_value_b64=base64.b64encode(value).decode() if keep_original and value else None,
+            failed_at=datetime.now(UTC),
+        )
+        headers = _carry_headers(record) + [
+            ("content-type", b"application/json"),
+            (HEADER_PREFIX + "schema", b"dead_letter/" + letter.schema_version.encode()),
+            (HEADER_PREFIX + "error-code", rejected.code.encode()),
+            (HEADER_PREFIX + "error", rejected.message[:512].encode()),
+            (HEADER_PREFIX + "original-topic", record.topic.encode()),
+            (HEADER_PREFIX + "original-partition", str(record.partition).encode()),
+            (HEADER_PREFIX + "original-offset", str(record.offset).encode()),
+        ]
+        await self._sink.deliver(
+            self._topics.dead_letter, record.key, letter.model_dump_json().encode(), headers
+        )
+        self._metrics.dead_letters.labels(rejected.code).inc()
+        logger.info(
+            "dead-lettered: %s",
+            rejected.message,
+            extra={
+                "reason": rejected.code,
+                "event_id": letter.event_id,
+                "tenant": letter.tenant_id,
+                **_record_fields(record),
+            },
+        )
+        self._finish(pending)
+
+    def _finish(self, pending: Pending) -> None:
+        pending.ticket.complete()
+        self._inflight_events -= 1
+        self._inflight_bytes -= pending.size
+        self._update_inflight_gauges()
+
+    def _update_inflight_gauges(self) -> None:
+        self._metrics.inflight_events.set(self._inflight_events)
+        self._metrics.inflight_bytes.set(self._inflight_bytes)
+
+    # ── commits ────────────────────────────────────────────────────────────────────────────
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._limits.commit_interval_s)
+            await self._commit()
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit every partition whose contiguous completed offsets moved."""
+        assigned = self._consumer.assignment()
+        positions = {
+            tp: position
+            for tp, position in self._tracker.pending_commits().items()
+            if tp in assigned and (only is None or tp in only)
+        }
+        if not positions:
+            return
+        try:
+            await self._consumer.commit(positions)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced under us; the new owner re-reads from the last commit.
+            logger.warning("commit skipped after a rebalance: %r", exc)
+            return
+        except KafkaError as exc:
+            logger.warning("commit failed, will retry on the next interval: %r", exc)
+            return
+        self._tracker.mark_committed(positions)
+        self._metrics.commits.inc()
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._commit(only=revoked)
+        self._tracker.forget(revoked)
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commit what is complete before partitions move to another consumer."""
+
+    def __init__(self, on_revoked: Callable[[set[TopicPartition]], Awaitable[None]]) -> None:
+        self._on_revoked = on_revoked
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+# ── helpers ───────────────────────────────────────────────────────────────────────────────
+
+
+def parse_event(value: bytes | None) -> ImageEvent:
+    """Validate a record value as an ImageEvent; InvalidEvent says which field is wrong."""
+    if value is None:
+        raise InvalidEvent("event_empty", "record has no value (a tombstone); publish an ImageEvent")
+    try:
+        return ImageEvent.model_validate_json(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise InvalidEvent("event_not_json", f"record value is not JSON: {first['msg']}") from exc
+        where = ".".join(str(part) for part in first["loc"]) or "(event)"
+        raise InvalidEvent(
+            "event_invalid", f"{where}: {first['msg']} ({exc.error_count()} problem(s) in total)"
+        ) from exc
+
+
+def _decode_inline(text: str, size: int, limits: ImageLimits) -> DecodedImage:
+    return decode_image(decode_base64(text, limits), size, limits)
+
+
+def _carry_headers(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, bytes]]:
+    """The input's headers, minus any that claim to be ours."""
+    carried: Headers = record.headers or ()
+    return [(k, v) for k, v in carried if not k.startswith(HEADER_PREFIX)]
+
+
+def _ms_between(start: datetime, end: datetime) -> float:
+    return round(max(0.0, (end - start).total_seconds() * 1000), 3)
+
+
+def _record_fields(record: ConsumerRecord[bytes, bytes]) -> dict[str, object]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+def _where(record: ConsumerRecord[bytes, bytes]) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("pipeline task failed", exc_info=task.exception())
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

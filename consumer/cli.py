@@ -1,0 +1,204 @@
+"""The ``modstream`` command line.
+
+    modstream run                    the consumer (configured by MODSTREAM_* env vars)
+    modstream produce PATH...        publish image files as ImageEvents
+    modstream demo                   broker + Triton + consumer on loopback, with a live summary
+    modstream bench                  end-to-end vs raw Triton vs naive consumer
+    modstream policy check FILE      validate a policy file and print its effective rules
+    modstream schema [--out DIR]     write the JSON Schemas of the event contract
+
+Configuration errors exit with status 2 and a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from consumer.errors import ConfigError, InferenceUnavailable, LocalServiceError, ModstreamError
+from consumer.logs import configure_logging
+from consumer.settings import LogSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (ConfigError, LocalServiceError, InferenceUnavailable) as exc:
+        sys.stderr.write(f"modstream: {_one_line(str(exc))}\n")
+        return EXIT_CONFIG
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        sys.stderr.write(f"modstream: invalid setting {where}: {first['msg']}\n")
+        return EXIT_CONFIG
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modstream", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the consumer")
+    run.set_defaults(handler=_run)
+
+    produce = commands.add_parser("produce", help="publish image files as ImageEvents")
+    produce.add_argument("paths", nargs="+", type=Path, help="image files or folders")
+    produce.add_argument("--bootstrap", help="Kafka bootstrap servers (default: from settings)")
+    produce.add_argument("--topic", help="input topic (default: from settings)")
+    produce.add_argument(
+        "--tenant", action="append", dest="tenants", help="tenant id; repeat to round-robin"
+    )
+    produce.add_argument("--count", type=int, help="events to publish (default: one per file)")
+    produce.set_defaults(handler=_produce)
+
+    demo = commands.add_parser("demo", help="run a self-contained demo on loopback")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--events", type=int, default=600, help="events to publish")
+    demo.add_argument("--headless", action="store_true", help="log summaries instead of redrawing")
+    demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser("bench", help="measure end-to-end vs raw Triton vs naive")
+    bench.add_argument("--events", type=int, default=400)
+    bench.add_argument("--megapixels", type=float, default=6.0)
+    bench.add_argument("--out", type=Path, default=Path("bench/results"))
+    bench.set_defaults(handler=_bench)
+
+    policy = commands.add_parser("policy", help="policy tools")
+    policy_commands = policy.add_subparsers(required=True, metavar="ACTION")
+    check = policy_commands.add_parser("check", help="validate a policy file")
+    check.add_argument("file", type=Path)
+    check.add_argument(
+        "--categories",
+        help="comma-separated categories the model produces; unknown ones are refused",
+    )
+    check.set_defaults(handler=_policy_check)
+
+    schema = commands.add_parser("schema", help="write the JSON Schemas of the contract")
+    schema.add_argument("--out", type=Path, default=Path("schemas"))
+    schema.set_defaults(handler=_schema)
+    return parser
+
+
+def run_until_signalled(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``work(stop)``; the first SIGINT/SIGTERM sets ``stop``, a second one abandons it."""
+
+    async def supervise() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        task = asyncio.create_task(work(stop))
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                logger.warning("second signal: abandoning in-flight work (it will be redelivered)")
+                task.cancel()
+                return
+            logger.info("signal %s: draining, then stopping", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise
+
+    asyncio.run(supervise())
+
+
+def _run(args: argparse.Namespace) -> int:
+    from consumer.service import serve
+
+    settings = Settings()
+    configure_logging(settings.log)
+    run_until_signalled(lambda stop: serve(settings, stop))
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from consumer.kafka_clients import build_producer
+    from consumer.produce import image_files, publish, round_robin_events
+
+    settings = Settings()
+    configure_logging(LogSettings(json_format=False, level="WARNING"))
+    kafka = settings.kafka.model_copy(
+        update={k: v for k, v in (("bootstrap_servers", args.bootstrap),) if v}
+    )
+    topic = args.topic or kafka.input_topic
+    files = image_files(args.paths)
+    images = [path.read_bytes() for path in files]
+    tenants = args.tenants or ["default"]
+    count = args.count or len(images)
+
+    async def go() -> None:
+        producer = build_producer(kafka)
+        await producer.start()
+        try:
+            report = await publish(producer, topic, round_robin_events(images, tenants, count))
+        finally:
+            await producer.stop()
+        sys.stdout.write(
+            f"published {report.events} events ({report.bytes / 1e6:.1f} MB) to {topic}\n"
+        )
+
+    asyncio.run(go())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from consumer.demo import run_demo
+
+    configure_logging(LogSettings(json_format=False, level="WARNING"))
+    return run_demo(duration_s=args.duration, events=args.events, headless=args.headless)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from consumer.benchmark import run_benchmark
+
+    configure_logging(LogSettings(json_format=False, level="WARNING"))
+    return run_benchmark(events=args.events, megapixels=args.megapixels, out_dir=args.out)
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from consumer.policy import describe, load_policy
+    from consumer.service import topic_routes
+
+    settings = Settings()
+    policies = load_policy(args.file, topic_routes(settings.topics))
+    if args.categories:
+        policies.check_categories(c.strip() for c in args.categories.split(","))
+    sys.stdout.write(describe(policies) + "\n")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from consumer.events import json_schemas
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (args.out / name).write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        sys.stdout.write(f"wrote {args.out / name}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

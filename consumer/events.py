@@ -1,0 +1,168 @@
+"""The wire contract: ``ImageEvent`` in, ``Decision`` or ``DeadLetter`` out.
+
+Every payload carries ``schema_version``. Consumers of decisions must accept unknown fields
+(new optional fields do not bump the major version); ``scripts/export_schemas.py`` writes the
+JSON Schemas to ``schemas/``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+EVENT_SCHEMA_VERSION = "1.0"
+DECISION_SCHEMA_VERSION = "1.0"
+DEAD_LETTER_SCHEMA_VERSION = "1.0"
+
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 1024
+
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+TenantId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)]
+
+
+class Action(StrEnum):
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Action.ALLOW: 0, Action.REVIEW: 1, Action.BLOCK: 2}
+
+
+class ImageEvent(BaseModel):
+    """An image to moderate, published by an upload service."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal["1.0"] = EVENT_SCHEMA_VERSION
+    event_id: EventId
+    tenant_id: TenantId
+    image_b64: str | None = Field(default=None, description="The image bytes, base64 (RFC 4648).")
+    image_url: AnyHttpUrl | None = Field(default=None, description="http(s) URL of the image.")
+    content_type: (
+        Annotated[str, StringConstraints(max_length=100, pattern=r"^[\w.+-]+/[\w.+-]+$")] | None
+    ) = None
+    created_at: AwareDatetime = Field(description="When the upload happened (RFC 3339, with offset).")
+    metadata: dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)],
+        MetadataValue,
+    ] = Field(default_factory=dict, description="Passed through to the decision untouched.")
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA_ENTRIES:
+            raise ValueError(f"at most {MAX_METADATA_ENTRIES} metadata entries are allowed")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ImageEvent:
+        if (self.image_b64 is None) == (self.image_url is None):
+            raise ValueError("give exactly one of image_b64 or image_url")
+        return self
+
+
+class Reason(BaseModel):
+    """One rule that fired, with the numbers that made it fire."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    action: Action
+    category: str | None = None
+    score: float | None = None
+    threshold: float | None = None
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: str
+
+
+class Timings(BaseModel):
+    """Milliseconds spent in each stage; ``total_ms`` runs from ``created_at`` to the decision."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue_ms: float = Field(description="created_at to the moment the consumer read the record")
+    decode_ms: float
+    batch_wait_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class Decision(BaseModel):
+    """The verdict on one ImageEvent; produced keyed by ``event_id`` to the action's topic."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal["1.0"] = DECISION_SCHEMA_VERSION
+    event_id: EventId
+    tenant_id: TenantId
+    action: Action
+    scores: dict[str, float]
+    reasons: list[Reason]
+    model: ModelRef
+    policy_version: str
+    timings: Timings
+    decided_at: datetime
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class SourceRecord(BaseModel):
+    """Where a dead-lettered record came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key_b64: str | None
+
+
+class DeadLetter(BaseModel):
+    """A record that could not be moderated, with the reason and its original bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal["1.0"] = DEAD_LETTER_SCHEMA_VERSION
+    reason_code: str
+    reason: str
+    event_id: str | None = None
+    tenant_id: str | None = None
+    source: SourceRecord
+    original_value_b64: str | None
+    failed_at: datetime
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schemas of every payload, keyed by file name."""
+    return {
+        "image_event.schema.json": ImageEvent.model_json_schema(),
+        "decision.schema.json": Decision.model_json_schema(),
+        "dead_letter.schema.json": DeadLetter.model_json_schema(),
+    }

@@ -1,0 +1,101 @@
+"""Every Prometheus metric of the consumer, defined once.
+
+Names follow ``modstream_<noun>_<unit>``; tenant is a label whose cardinality is capped by
+``TenantLabels`` (the first ``max_tenant_labels`` tenants seen, plus those named in the policy,
+keep their own label; the rest are reported as ``other``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+OTHER_TENANT = "other"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+
+
+class TenantLabels:
+    """Maps tenant ids to a bounded set of label values."""
+
+    def __init__(self, max_labels: int, always: Iterable[str] = ()) -> None:
+        self._max_labels = max_labels
+        self._known: set[str] = set(always)
+        self._seen: set[str] = set()
+
+    def label(self, tenant_id: str) -> str:
+        if tenant_id in self._known or tenant_id in self._seen:
+            return tenant_id
+        if len(self._seen) < self._max_labels:
+            self._seen.add(tenant_id)
+            return tenant_id
+        return OTHER_TENANT
+
+    def pin(self, tenants: Iterable[str]) -> None:
+        self._known.update(tenants)
+
+
+class Metrics:
+    """The consumer's metrics in their own registry (one per pipeline, so tests can run several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "modstream_events_consumed_total", "Records read from the input topic.", ["topic"], registry=r
+        )
+        self.decisions = Counter(
+            "modstream_decisions_total",
+            "Decisions produced and acknowledged, by action and tenant.",
+            ["action", "tenant"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "modstream_dead_letters_total",
+            "Records sent to the dead-letter topic, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "modstream_batch_size", "Images per Triton request.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.decode_seconds = Histogram(
+            "modstream_decode_duration_seconds",
+            "Time to fetch, decode and resize one image.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "modstream_inference_duration_seconds",
+            "Time of one Triton request (one batch).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "modstream_end_to_end_latency_seconds",
+            "From the event's created_at to its decision being acknowledged by Kafka.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.triton_errors = Counter(
+            "modstream_triton_errors_total", "Failed Triton calls, by gRPC code.", ["code"], registry=r
+        )
+        self.produce_retries = Counter(
+            "modstream_produce_retries_total", "Produce attempts that failed and were retried.", registry=r
+        )
+        self.inflight_events = Gauge(
+            "modstream_inflight_events", "Events read but not yet committed.", registry=r
+        )
+        self.inflight_bytes = Gauge(
+            "modstream_inflight_bytes", "Bytes of records read but not yet decided.", registry=r
+        )
+        self.paused_partitions = Gauge(
+            "modstream_paused_partitions", "Partitions paused by backpressure.", registry=r
+        )
+        self.commits = Counter(
+            "modstream_commits_total", "Offset commits acknowledged by the broker.", registry=r
+        )
+        self.model_info = Info("modstream_model", "The model the consumer serves.", registry=r)
+        self.policy_info = Info("modstream_policy", "The policy in force.", registry=r)

@@ -1,0 +1,242 @@
+"""Tenant policies: load and validate the YAML file, then ``decide()`` an action from scores.
+
+A policy file holds a ``default`` policy and per-tenant overrides. A tenant override changes
+single fields: ``{porn: {block: 0.6}}`` keeps the default ``review`` threshold for ``porn``;
+an explicit ``null`` switches a threshold off. ``block`` wins over ``review`` over ``allow``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from consumer.errors import PolicyError
+from consumer.events import Action, Reason, TenantId
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
+
+THRESHOLD_RULE = "category_threshold"
+
+
+class ThresholdSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    review: Probability | None = None
+    block: Probability | None = None
+
+    @model_validator(mode="after")
+    def _review_not_above_block(self) -> Self:
+        if self.review is not None and self.block is not None and self.review > self.block:
+            raise ValueError(f"review threshold {self.review} is above block threshold {self.block}")
+        return self
+
+
+class TopicOverrides(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow: TopicName | None = None
+    review: TopicName | None = None
+    block: TopicName | None = None
+
+
+class TenantPolicySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    thresholds: dict[str, ThresholdSpec] = Field(default_factory=dict)
+    topics: TopicOverrides = TopicOverrides()
+
+
+class PolicyFile(BaseModel):
+    """The YAML document, as validated at the edge."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: TenantPolicySpec
+    tenants: dict[TenantId, TenantPolicySpec] = Field(default_factory=dict)
+
+    def categories(self) -> set[str]:
+        named = set(self.default.thresholds)
+        for spec in self.tenants.values():
+            named.update(spec.thresholds)
+        return named
+
+
+@dataclass(frozen=True)
+class Threshold:
+    review: float | None
+    block: float | None
+
+
+@dataclass(frozen=True)
+class TopicRoutes:
+    allow: str
+    review: str
+    block: str
+
+    def for_action(self, action: Action) -> str:
+        return {Action.ALLOW: self.allow, Action.REVIEW: self.review, Action.BLOCK: self.block}[
+            action
+        ]
+
+
+@dataclass(frozen=True)
+class TenantRules:
+    thresholds: Mapping[str, Threshold]
+    topics: TopicRoutes
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    reasons: tuple[Reason, ...]
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """The compiled policies: effective rules for every named tenant plus the default."""
+
+    version: str
+    default: TenantRules
+    tenants: Mapping[str, TenantRules]
+
+    def rules_for(self, tenant_id: str) -> TenantRules:
+        return self.tenants.get(tenant_id, self.default)
+
+    def decide(self, tenant_id: str, scores: Mapping[str, float]) -> Verdict:
+        return decide(self.rules_for(tenant_id), scores)
+
+    def check_categories(self, known: Iterable[str]) -> None:
+        """Raise PolicyError if a threshold names a category the model does not produce."""
+        known_set = set(known)
+        named = set(self.default.thresholds)
+        for rules in self.tenants.values():
+            named.update(rules.thresholds)
+        unknown = sorted(named - known_set)
+        if unknown:
+            raise PolicyError(
+                f"policy names categories the model does not produce: {', '.join(unknown)}; "
+                f"use one of: {', '.join(sorted(known_set))}"
+            )
+
+
+def decide(rules: TenantRules, scores: Mapping[str, float]) -> Verdict:
+    """Pick the most severe action any category threshold reaches; ties go to block."""
+    reasons: list[Reason] = []
+    for category, threshold in rules.thresholds.items():
+        score = scores.get(category)
+        if score is None:
+            continue
+        if threshold.block is not None and score >= threshold.block:
+            reasons.append(_reason(Action.BLOCK, category, score, threshold.block))
+        elif threshold.review is not None and score >= threshold.review:
+            reasons.append(_reason(Action.REVIEW, category, score, threshold.review))
+    if not reasons:
+        return Verdict(Action.ALLOW, ())
+    reasons.sort(key=lambda r: (-r.action.severity, -(r.score or 0.0)))
+    return Verdict(reasons[0].action, tuple(reasons))
+
+
+def _reason(action: Action, category: str, score: float, threshold: float) -> Reason:
+    return Reason(
+        rule=THRESHOLD_RULE, action=action, category=category, score=score, threshold=threshold
+    )
+
+
+def compile_policy(document: PolicyFile, base_topics: TopicRoutes) -> PolicySet:
+    """Resolve tenant overrides against the default and the deployment's topics."""
+    default = _compile_one(document.default, {}, base_topics)
+    tenants = {
+        tenant: _compile_one(spec, default.thresholds, default.topics)
+        for tenant, spec in document.tenants.items()
+    }
+    return PolicySet(version=policy_version(document), default=default, tenants=tenants)
+
+
+def _compile_one(
+    spec: TenantPolicySpec, inherited: Mapping[str, Threshold], topics: TopicRoutes
+) -> TenantRules:
+    thresholds = dict(inherited)
+    for category, override in spec.thresholds.items():
+        base = thresholds.get(category, Threshold(None, None))
+        fields = override.model_fields_set
+        review = override.review if "review" in fields else base.review
+        block = override.block if "block" in fields else base.block
+        if review is not None and block is not None and review > block:
+            raise PolicyError(
+                f"category {category!r}: review threshold {review} ends up above block "
+                f"threshold {block} after applying the tenant override; set both"
+            )
+        thresholds[category] = Threshold(review=review, block=block)
+    routes = TopicRoutes(
+        allow=spec.topics.allow or topics.allow,
+        review=spec.topics.review or topics.review,
+        block=spec.topics.block or topics.block,
+    )
+    return TenantRules(thresholds=thresholds, topics=routes)
+
+
+def policy_version(document: PolicyFile) -> str:
+    """A content hash: the same rules always give the same version, whatever the YAML layout."""
+    canonical = json.dumps(document.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def parse_policy(text: str, source: str) -> PolicyFile:
+    """Parse and validate a policy document; PolicyError names the file, field and value."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
+    try:
+        return PolicyFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        value = first.get("input")
+        raise PolicyError(
+            f"{source}: {where}: {first['msg']} (got {value!r}); "
+            f"{exc.error_count()} problem(s) in total"
+        ) from exc
+
+
+def load_policy(path: Path, base_topics: TopicRoutes) -> PolicySet:
+    """Read, validate and compile a policy file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from exc
+    return compile_policy(parse_policy(text, str(path)), base_topics)
+
+
+def describe(policies: PolicySet) -> str:
+    """A human-readable table of the effective rules per tenant, for ``modstream policy check``."""
+    lines = [f"policy version {policies.version}"]
+    named: list[tuple[str, TenantRules]] = [("(default)", policies.default)]
+    named.extend(sorted(policies.tenants.items()))
+    for tenant, rules in named:
+        lines.append("")
+        lines.append(f"tenant {tenant}")
+        lines.append(
+            f"  topics: allow -> {rules.topics.allow}, review -> {rules.topics.review}, "
+            f"block -> {rules.topics.block}"
+        )
+        if not rules.thresholds:
+            lines.append("  no thresholds: every image is allowed")
+        for category, threshold in sorted(rules.thresholds.items()):
+            lines.append(
+                f"  {category:<24} review if >= {_fmt(threshold.review):<6} "
+                f"block if >= {_fmt(threshold.block)}"
+            )
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "never" if value is None else f"{value:.2f}"

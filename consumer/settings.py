@@ -1,0 +1,119 @@
+"""All configuration, read once from the environment (prefix ``MODSTREAM_``).
+
+Nested sections use ``__``: ``MODSTREAM_KAFKA__BOOTSTRAP_SERVERS=broker:9092``. Each component
+receives only its own section, never the whole object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "modstream"
+    group_id: str = "modstream"
+    input_topic: str = "modstream.images"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    max_poll_records: int = Field(default=500, ge=1)
+    # Inline images make records large; these must agree with the broker's message.max.bytes.
+    max_partition_fetch_bytes: int = Field(default=16 * MiB, ge=1024)
+    fetch_max_bytes: int = Field(default=64 * MiB, ge=1024)
+    producer_max_request_size: int = Field(default=16 * MiB, ge=1024)
+    producer_linger_ms: int = Field(default=5, ge=0)
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    commit_interval_ms: int = Field(default=500, ge=10)
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+
+
+class TopicSettings(BaseModel):
+    allow: str = "modstream.decisions.allow"
+    review: str = "modstream.decisions.review"
+    block: str = "modstream.decisions.block"
+    dead_letter: str = "modstream.deadletter"
+
+
+class TritonSettings(BaseModel):
+    url: str = "127.0.0.1:8001"
+    model_name: str = "modstream_placeholder"
+    # Empty means whatever version Triton serves as latest.
+    model_version: str = ""
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_inflight_batches: int = Field(default=4, ge=1)
+    ready_timeout_s: float = Field(default=60.0, gt=0)
+    retry_initial_backoff_s: float = Field(default=0.1, gt=0)
+    retry_max_backoff_s: float = Field(default=5.0, gt=0)
+
+
+class BatchSettings(BaseModel):
+    max_batch_size: int = Field(default=32, ge=1)
+    max_wait_ms: float = Field(default=10.0, ge=0)
+
+
+class ImagingSettings(BaseModel):
+    max_image_bytes: int = Field(default=20 * MiB, ge=1024)
+    max_pixels: int = Field(default=64_000_000, ge=1)
+    decode_workers: int = Field(default=2, ge=1)
+    fetch_connect_timeout_s: float = Field(default=2.0, gt=0)
+    fetch_read_timeout_s: float = Field(default=10.0, gt=0)
+    fetch_max_redirects: int = Field(default=3, ge=0)
+
+
+class FlowSettings(BaseModel):
+    """Bounds on work held in memory; past them the consumer pauses its partitions."""
+
+    max_inflight_events: int = Field(default=1000, ge=1)
+    max_inflight_bytes: int = Field(default=256 * MiB, ge=MiB)
+    drain_timeout_s: float = Field(default=20.0, ge=0)
+
+
+class PolicySettings(BaseModel):
+    path: Path = Path("policies/default.yaml")
+
+
+class MetricsSettings(BaseModel):
+    host: str = "0.0.0.0"
+    port: int = Field(default=9400, ge=0, le=65535)
+    max_tenant_labels: int = Field(default=100, ge=1)
+
+
+class LogSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODSTREAM_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    triton: TritonSettings = TritonSettings()
+    batching: BatchSettings = BatchSettings()
+    imaging: ImagingSettings = ImagingSettings()
+    flow: FlowSettings = FlowSettings()
+    policy: PolicySettings = PolicySettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> Settings:
+        if self.kafka.heartbeat_interval_ms * 3 > self.kafka.session_timeout_ms:
+            raise ValueError(
+                "kafka.heartbeat_interval_ms must be at most a third of kafka.session_timeout_ms"
+            )
+        return self

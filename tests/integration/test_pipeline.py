@@ -1,0 +1,266 @@
+"""End to end on the real broker and the real tritonserver: every event gets exactly one outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from consumer.errors import ModelMismatch
+from consumer.events import Decision
+from consumer.local.tansu import TansuBroker, ensure_topics
+from consumer.local.triton import TritonServer
+from consumer.policy import load_policy
+from consumer.service import serve, topic_routes
+from consumer.settings import (
+    BatchSettings,
+    KafkaSettings,
+    MetricsSettings,
+    PolicySettings,
+    Settings,
+    TopicSettings,
+    TritonSettings,
+)
+from tests.integration.kafka_io import committed_offsets, produce_all, read_until
+from training.placeholder import reference_forward
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 3
+TENANTS = ("kids-app", "art-gallery", "acme")
+CLASS_NAMES = ("drawing", "hentai", "neutral", "porn", "sexy")
+COLOURS = [
+    (220, 30, 30),
+    (30, 200, 40),
+    (30, 40, 210),
+    (220, 200, 40),
+    (210, 40, 200),
+    (128, 128, 128),
+    (180, 120, 90),
+    (150, 60, 60),
+    (90, 150, 200),
+]
+POLICY = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    settings: Settings
+    topics: list[str]
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+def image_event(event_id: str, tenant: str, image: bytes) -> bytes:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "tenant_id": tenant,
+            "image_b64": base64.b64encode(image).decode(),
+            "created_at": datetime.now(UTC).isoformat(),
+            "metadata": {"source": "test"},
+        }
+    ).encode()
+
+
+def make_settings(broker: TansuBroker, triton: TritonServer, **batching: float) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    topics = TopicSettings(
+        allow=f"allow-{run}", review=f"review-{run}", block=f"block-{run}", dead_letter=f"dlq-{run}"
+    )
+    return Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=broker.bootstrap_servers,
+            group_id=f"modstream-{run}",
+            input_topic=f"images-{run}",
+            session_timeout_ms=2000,
+            heartbeat_interval_ms=500,
+            commit_interval_ms=100,
+        ),
+        topics=topics,
+        triton=TritonSettings(url=triton.grpc_url, ready_timeout_s=30),
+        batching=BatchSettings(**batching),  # type: ignore[arg-type]
+        policy=PolicySettings(path=POLICY),
+        metrics=MetricsSettings(host="127.0.0.1", port=0),
+    )
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if await condition():
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+def output_topics(settings: Settings) -> list[str]:
+    t = settings.topics
+    return [t.allow, t.review, t.block, t.dead_letter, "art-gallery.review"]
+
+
+async def test_every_event_gets_exactly_one_outcome(
+    broker: TansuBroker, triton: TritonServer
+) -> None:
+    settings = make_settings(broker, triton, max_batch_size=16, max_wait_ms=5)
+    kafka = settings.kafka
+    await ensure_topics(
+        kafka.bootstrap_servers,
+        {kafka.input_topic: PARTITIONS, **{t: 1 for t in output_topics(settings)}},
+    )
+    policies = load_policy(POLICY, topic_routes(settings.topics))
+
+    # Expected outcome of each valid event, computed independently of the service: the
+    # placeholder's numpy reference on the exact pixels, then the policy.
+    expected: dict[str, tuple[str, str, dict[str, float]]] = {}
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+    for i in range(540):
+        colour = COLOURS[i % len(COLOURS)]
+        tenant = TENANTS[i % len(TENANTS)]
+        event_id = f"ok-{i}"
+        probs, _ = reference_forward(np.full((1, 224, 224, 3), colour, dtype=np.uint8))
+        scores = dict(zip(CLASS_NAMES, (float(p) for p in probs[0]), strict=True))
+        verdict = policies.decide(tenant, scores)
+        topic = policies.rules_for(tenant).topics.for_action(verdict.action)
+        expected[event_id] = (topic, verdict.action.value, scores)
+        image = png(colour, (200 + i % 7 * 40, 150 + i % 5 * 30))
+        records.append((event_id.encode(), image_event(event_id, tenant, image), [("trace-id", event_id.encode())]))
+
+    bad: dict[bytes, str] = {}
+    corrupt_png = png((1, 2, 3), (50, 50))[:60]
+    for i in range(20):
+        bad[f"bad-json-{i}".encode()] = "event_not_json"
+        records.append((f"bad-json-{i}".encode(), b"{not json", []))
+        bad[f"bad-field-{i}".encode()] = "event_invalid"
+        records.append(
+            (f"bad-field-{i}".encode(), image_event(f"x{i}", "Not A Tenant", b"\x89PNG"), [])
+        )
+        bad[f"bad-image-{i}".encode()] = "image_corrupt"
+        records.append((f"bad-image-{i}".encode(), image_event(f"bad-image-{i}", "acme", corrupt_png), []))
+    ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
+    assert sum(ends.values()) == len(records) == 600
+
+    async def all_committed() -> bool:
+        committed = await committed_offsets(
+            kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
+        )
+        return committed == ends
+
+    async with running(settings):
+        await wait_for(all_committed, timeout_s=120)
+
+    messages = await read_until(
+        kafka.bootstrap_servers, output_topics(settings), len(records), timeout_s=30
+    )
+    assert len(messages) == len(records), "every event needs exactly one outcome, no duplicates"
+
+    seen = Counter(m.key for m in messages)
+    assert max(seen.values()) == 1
+    decisions = [m for m in messages if m.topic != settings.topics.dead_letter]
+    dead = [m for m in messages if m.topic == settings.topics.dead_letter]
+    assert len(decisions) == len(expected)
+    assert len(dead) == len(bad)
+
+    actions = Counter()
+    for message in decisions:
+        decision = Decision.model_validate_json(message.value or b"")
+        topic, action, scores = expected[decision.event_id]
+        assert message.topic == topic
+        assert decision.action.value == action
+        assert message.key == decision.event_id.encode()
+        assert dict(message.headers)["trace-id"] == decision.event_id.encode()
+        assert dict(message.headers)["modstream-action"] == action.encode()
+        assert decision.model.name == "modstream_placeholder"
+        assert decision.model.version == "1"
+        assert decision.policy_version.startswith("sha256:")
+        assert decision.metadata == {"source": "test"}
+        for name, score in scores.items():
+            assert decision.scores[name] == pytest.approx(score, abs=1e-4)
+        if decision.action.value != "allow":
+            assert decision.reasons, "a review or block names the rule that fired"
+        assert decision.timings.total_ms >= decision.timings.inference_ms
+        actions[(decision.tenant_id, decision.action.value)] += 1
+    # The three tenants' policies must actually route differently for this test to mean much.
+    assert {a for (_, a) in actions} == {"allow", "review", "block"}
+    assert actions[("kids-app", "block")] > actions[("acme", "block")]
+    assert actions[("art-gallery", "block")] == 0
+
+    for message in dead:
+        letter = json.loads(message.value or b"")
+        assert message.key is not None
+        assert letter["reason_code"] == bad[message.key]
+        assert dict(message.headers)["modstream-error-code"] == bad[message.key].encode()
+        source = letter["source"]
+        assert source["topic"] == kafka.input_topic
+        original = base64.b64decode(letter["original_value_b64"])
+        assert original == next(v for k, v, _ in records if k == message.key)
+        assert source["offset"] < ends[source["partition"]]
+
+    # A restarted consumer in the same group starts after the committed offsets: it decides
+    # only the new events, never the old ones again.
+    fresh = [
+        (f"late-{i}".encode(), image_event(f"late-{i}", "acme", png((30, 200, 40), (64, 64))), [])
+        for i in range(30)
+    ]
+    ends_after = await produce_all(kafka.bootstrap_servers, kafka.input_topic, fresh)
+    final_ends = {p: max(ends.get(p, 0), ends_after.get(p, 0)) for p in range(PARTITIONS)}
+    final_ends = {p: e for p, e in final_ends.items() if e}
+
+    async def fresh_committed() -> bool:
+        committed = await committed_offsets(
+            kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
+        )
+        return committed == final_ends
+
+    async with running(settings):
+        await wait_for(fresh_committed, timeout_s=60)
+    after = await read_until(
+        kafka.bootstrap_servers, output_topics(settings), len(records) + len(fresh), timeout_s=30
+    )
+    assert len(after) == len(records) + len(fresh)
+    assert Counter(m.key for m in after).most_common(1)[0][1] == 1
+
+
+async def test_consumer_refuses_a_model_that_does_not_fit(
+    broker: TansuBroker, triton: TritonServer
+) -> None:
+    settings = make_settings(broker, triton, max_batch_size=64)
+    with pytest.raises(ModelMismatch, match="max_batch_size is 32"):
+        await asyncio.wait_for(serve(settings, asyncio.Event()), timeout=60)
+
+
+async def test_unknown_model_name_is_a_clear_error(broker: TansuBroker, triton: TritonServer) -> None:
+    settings = make_settings(broker, triton)
+    settings = settings.model_copy(
+        update={"triton": TritonSettings(url=triton.grpc_url, model_name="nope", ready_timeout_s=1)}
+    )
+    with pytest.raises(Exception, match="not ready on Triton"):
+        await asyncio.wait_for(serve(settings, asyncio.Event()), timeout=30)

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumer.errors import PolicyError
+from consumer.events import Action
+from consumer.policy import (
+    THRESHOLD_RULE,
+    TopicRoutes,
+    compile_policy,
+    decide,
+    describe,
+    load_policy,
+    parse_policy,
+)
+
+ROUTES = TopicRoutes(allow="t.allow", review="t.review", block="t.block")
+REPO_POLICY = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
+
+DOC = """
+default:
+  thresholds:
+    porn: {review: 0.4, block: 0.8}
+    sexy: {review: 0.6}
+tenants:
+  strict:
+    thresholds:
+      porn: {block: 0.5}
+      sexy: {block: 0.7}
+  lenient:
+    thresholds:
+      porn: {block: null}
+    topics: {review: lenient.review}
+"""
+
+
+def policies():  # type: ignore[no-untyped-def]
+    return compile_policy(parse_policy(DOC, "test.yaml"), ROUTES)
+
+
+def test_allow_when_nothing_reaches_a_threshold() -> None:
+    verdict = policies().decide("anyone", {"porn": 0.39, "sexy": 0.59, "neutral": 0.99})
+    assert verdict.action is Action.ALLOW
+    assert verdict.reasons == ()
+
+
+def test_thresholds_are_inclusive() -> None:
+    verdict = policies().decide("anyone", {"porn": 0.4})
+    assert verdict.action is Action.REVIEW
+    assert verdict.reasons[0].threshold == 0.4
+
+
+def test_block_wins_over_review() -> None:
+    verdict = policies().decide("anyone", {"porn": 0.85, "sexy": 0.9})
+    assert verdict.action is Action.BLOCK
+    assert [r.action for r in verdict.reasons] == [Action.BLOCK, Action.REVIEW]
+    assert verdict.reasons[0].category == "porn"
+    assert verdict.reasons[0].rule == THRESHOLD_RULE
+
+
+def test_tenant_override_changes_single_fields() -> None:
+    strict = policies().rules_for("strict")
+    assert strict.thresholds["porn"].review == 0.4  # inherited
+    assert strict.thresholds["porn"].block == 0.5
+    assert policies().decide("strict", {"porn": 0.55}).action is Action.BLOCK
+    assert policies().decide("anyone", {"porn": 0.55}).action is Action.REVIEW
+
+
+def test_null_switches_a_threshold_off_and_topics_override() -> None:
+    lenient = policies().rules_for("lenient")
+    verdict = decide(lenient, {"porn": 0.99})
+    assert verdict.action is Action.REVIEW
+    assert lenient.topics.for_action(Action.REVIEW) == "lenient.review"
+    assert lenient.topics.for_action(Action.BLOCK) == "t.block"
+
+
+def test_version_is_a_content_hash() -> None:
+    same = compile_policy(parse_policy(DOC.replace("  ", "  "), "x"), ROUTES)
+    reordered = DOC.replace(
+        "    porn: {review: 0.4, block: 0.8}\n    sexy: {review: 0.6}",
+        "    sexy: {review: 0.6}\n    porn: {block: 0.8, review: 0.4}",
+    )
+    assert compile_policy(parse_policy(reordered, "x"), ROUTES).version == same.version
+    changed = compile_policy(parse_policy(DOC.replace("0.6", "0.65"), "x"), ROUTES)
+    assert changed.version != same.version
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("default: {thresholds: {porn: {review: 1.5}}}", "default.thresholds.porn.review"),
+        ("default: {thresholds: {porn: {review: 0.9, block: 0.5}}}", "above block"),
+        ("default: {}\ntenants: {'Bad Tenant': {}}", "tenants"),
+        ("default: {thresholds: {}}\nextra: 1", "extra"),
+        ("tenants: {}", "default"),
+        ("default: [", "not valid YAML"),
+    ],
+)
+def test_invalid_documents_are_refused_with_location(text: str, fragment: str) -> None:
+    with pytest.raises(PolicyError, match="bad.yaml") as info:
+        parse_policy(text, "bad.yaml")
+    assert fragment in str(info.value)
+
+
+def test_override_that_inverts_thresholds_is_refused() -> None:
+    text = "default: {thresholds: {porn: {review: 0.4, block: 0.8}}}\n" \
+        "tenants: {t: {thresholds: {porn: {block: 0.3}}}}"
+    with pytest.raises(PolicyError, match="review threshold 0.4 ends up above block"):
+        compile_policy(parse_policy(text, "x"), ROUTES)
+
+
+def test_unknown_categories_are_refused_against_the_model() -> None:
+    with pytest.raises(PolicyError, match="sexy"):
+        policies().check_categories(["porn", "neutral"])
+    policies().check_categories(["porn", "sexy", "neutral"])
+
+
+def test_repository_policy_loads_and_describes() -> None:
+    loaded = load_policy(REPO_POLICY, ROUTES)
+    loaded.check_categories(["drawing", "hentai", "neutral", "porn", "sexy"])
+    text = describe(loaded)
+    assert loaded.version in text
+    assert "kids-app" in text
+    assert "art-gallery.review" in text
+
+
+def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read policy file"):
+        load_policy(tmp_path / "nope.yaml", ROUTES)
