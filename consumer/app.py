@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
@@ -37,8 +38,8 @@ from consumer.errors import (
     InvalidEvent,
 )
 from consumer.events import (
-    Decision,
     DeadLetter,
+    Decision,
     ImageEvent,
     ModelRef,
     SourceRecord,
@@ -335,7 +336,7 @@ class Pipeline:
 
     async def _classify(
         self, batch: list[Prepared]
-    ) -> list[tuple[Prepared, tuple[np.ndarray, float] | InferenceRejected]]:
+    ) -> list[tuple[Prepared, tuple[npt.NDArray[np.float32], float] | InferenceRejected]]:
         """Infer a batch, retrying outages; a rejected batch is split to isolate the bad event."""
         pixels = np.stack([item.image.pixels for item in batch])
         backoff = self._triton.retry_initial_backoff_s
@@ -354,14 +355,21 @@ class Pipeline:
                 if len(batch) == 1:
                     return [(batch[0], exc)]
                 middle = len(batch) // 2
-                return [*await self._classify(batch[:middle]), *await self._classify(batch[middle:])]
+                return [
+                    *await self._classify(batch[:middle]),
+                    *await self._classify(batch[middle:]),
+                ]
             self._health.triton_ok = True
             self._metrics.batch_size.observe(len(batch))
             self._metrics.inference_seconds.observe(result.seconds)
             return [(item, (result.probs[i], result.seconds)) for i, item in enumerate(batch)]
 
     async def _decide(
-        self, item: Prepared, probs: np.ndarray, batch_wait_s: float, inference_s: float
+        self,
+        item: Prepared,
+        probs: npt.NDArray[np.float32],
+        batch_wait_s: float,
+        inference_s: float,
     ) -> None:
         event = item.event
         spec = self.spec
@@ -387,7 +395,8 @@ class Pipeline:
             decided_at=decided_at,
             metadata=dict(event.metadata),
         )
-        headers = _carry_headers(item.pending.record) + [
+        headers = [
+            *_carry_headers(item.pending.record),
             ("content-type", b"application/json"),
             (HEADER_PREFIX + "schema", b"decision/" + decision.schema_version.encode()),
             (HEADER_PREFIX + "action", verdict.action.value.encode()),
@@ -422,7 +431,8 @@ class Pipeline:
         record = pending.record
         value = record.value
         keep_original = value is not None and (
-            len(value) * 4 // 3 + DEAD_LETTER_ENVELOPE_BYTES < self._limits.producer_max_request_size
+            len(value) * 4 // 3 + DEAD_LETTER_ENVELOPE_BYTES
+            < self._limits.producer_max_request_size
         )
         letter = DeadLetter(
             reason_code=rejected.code,
@@ -436,10 +446,13 @@ class Pipeline:
                 timestamp_ms=record.timestamp,
                 key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
             ),
-            original_value_b64=base64.b64encode(value).decode() if keep_original and value else None,
+            original_value_b64=base64.b64encode(value).decode()
+            if keep_original and value
+            else None,
             failed_at=datetime.now(UTC),
         )
-        headers = _carry_headers(record) + [
+        headers = [
+            *_carry_headers(record),
             ("content-type", b"application/json"),
             (HEADER_PREFIX + "schema", b"dead_letter/" + letter.schema_version.encode()),
             (HEADER_PREFIX + "error-code", rejected.code.encode()),
@@ -527,13 +540,17 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 def parse_event(value: bytes | None) -> ImageEvent:
     """Validate a record value as an ImageEvent; InvalidEvent says which field is wrong."""
     if value is None:
-        raise InvalidEvent("event_empty", "record has no value (a tombstone); publish an ImageEvent")
+        raise InvalidEvent(
+            "event_empty", "record has no value (a tombstone); publish an ImageEvent"
+        )
     try:
         return ImageEvent.model_validate_json(value)
     except ValidationError as exc:
         first = exc.errors()[0]
         if first["type"] == "json_invalid":
-            raise InvalidEvent("event_not_json", f"record value is not JSON: {first['msg']}") from exc
+            raise InvalidEvent(
+                "event_not_json", f"record value is not JSON: {first['msg']}"
+            ) from exc
         where = ".".join(str(part) for part in first["loc"]) or "(event)"
         raise InvalidEvent(
             "event_invalid", f"{where}: {first['msg']} ({exc.error_count()} problem(s) in total)"

@@ -16,17 +16,16 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
-from consumer.errors import ConfigError, InferenceUnavailable, LocalServiceError, ModstreamError
+from consumer.errors import ConfigError, InferenceUnavailable, LocalServiceError
 from consumer.logs import configure_logging
 from consumer.settings import LogSettings, Settings
+from consumer.signals import run_until_signalled
 
 logger = logging.getLogger(__name__)
 
@@ -96,33 +95,6 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--out", type=Path, default=Path("schemas"))
     schema.set_defaults(handler=_schema)
     return parser
-
-
-def run_until_signalled(work: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``work(stop)``; the first SIGINT/SIGTERM sets ``stop``, a second one abandons it."""
-
-    async def supervise() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        task = asyncio.create_task(work(stop))
-
-        def on_signal(signum: int) -> None:
-            if stop.is_set():
-                logger.warning("second signal: abandoning in-flight work (it will be redelivered)")
-                task.cancel()
-                return
-            logger.info("signal %s: draining, then stopping", signal.Signals(signum).name)
-            stop.set()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not stop.is_set():
-                raise
-
-    asyncio.run(supervise())
 
 
 def _run(args: argparse.Namespace) -> int:

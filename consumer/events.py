@@ -22,10 +22,6 @@ from pydantic import (
     model_validator,
 )
 
-EVENT_SCHEMA_VERSION = "1.0"
-DECISION_SCHEMA_VERSION = "1.0"
-DEAD_LETTER_SCHEMA_VERSION = "1.0"
-
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 1024
@@ -55,7 +51,7 @@ class ImageEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal["1.0"] = EVENT_SCHEMA_VERSION
+    schema_version: Literal["1.0"] = "1.0"
     event_id: EventId
     tenant_id: TenantId
     image_b64: str | None = Field(default=None, description="The image bytes, base64 (RFC 4648).")
@@ -63,7 +59,9 @@ class ImageEvent(BaseModel):
     content_type: (
         Annotated[str, StringConstraints(max_length=100, pattern=r"^[\w.+-]+/[\w.+-]+$")] | None
     ) = None
-    created_at: AwareDatetime = Field(description="When the upload happened (RFC 3339, with offset).")
+    created_at: AwareDatetime = Field(
+        description="When the upload happened (RFC 3339, with offset)."
+    )
     metadata: dict[
         Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)],
         MetadataValue,
@@ -119,7 +117,7 @@ class Decision(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    schema_version: Literal["1.0"] = DECISION_SCHEMA_VERSION
+    schema_version: Literal["1.0"] = "1.0"
     event_id: EventId
     tenant_id: TenantId
     action: Action
@@ -149,7 +147,7 @@ class DeadLetter(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    schema_version: Literal["1.0"] = DEAD_LETTER_SCHEMA_VERSION
+    schema_version: Literal["1.0"] = "1.0"
     reason_code: str
     reason: str
     event_id: str | None = None

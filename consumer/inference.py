@@ -207,7 +207,9 @@ def check_model(
             continue
         shape = [int(d) for d in tensor["shape"]]
         if tensor["datatype"] != "FP32" or len(shape) != 2 or shape[0] != -1 or shape[1] < 1:
-            problems.append(f"output {label!r} is {tensor['datatype']} {shape}, expected FP32 [-1, N]")
+            problems.append(
+                f"output {label!r} is {tensor['datatype']} {shape}, expected FP32 [-1, N]"
+            )
         elif label == PROBS_OUTPUT:
             class_count = shape[1]
         else:
@@ -217,7 +219,8 @@ def check_model(
         problems.append(f"model config has no parameter {CLASS_NAMES_PARAMETER!r}")
     elif class_count and len(class_names) != class_count:
         problems.append(
-            f"{CLASS_NAMES_PARAMETER} lists {len(class_names)} classes, output probs has {class_count}"
+            f"{CLASS_NAMES_PARAMETER} lists {len(class_names)} classes, "
+            f"output probs has {class_count}"
         )
     if max_batch_size < min_batch_size:
         problems.append(

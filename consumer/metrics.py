@@ -44,7 +44,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events_consumed = Counter(
-            "modstream_events_consumed_total", "Records read from the input topic.", ["topic"], registry=r
+            "modstream_events_consumed_total",
+            "Records read from the input topic.",
+            ["topic"],
+            registry=r,
         )
         self.decisions = Counter(
             "modstream_decisions_total",
@@ -80,10 +83,15 @@ class Metrics:
             registry=r,
         )
         self.triton_errors = Counter(
-            "modstream_triton_errors_total", "Failed Triton calls, by gRPC code.", ["code"], registry=r
+            "modstream_triton_errors_total",
+            "Failed Triton calls, by gRPC code.",
+            ["code"],
+            registry=r,
         )
         self.produce_retries = Counter(
-            "modstream_produce_retries_total", "Produce attempts that failed and were retried.", registry=r
+            "modstream_produce_retries_total",
+            "Produce attempts that failed and were retried.",
+            registry=r,
         )
         self.inflight_events = Gauge(
             "modstream_inflight_events", "Events read but not yet committed.", registry=r

@@ -15,13 +15,22 @@ from pathlib import Path
 from typing import Annotated, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from consumer.errors import PolicyError
 from consumer.events import Action, Reason, TenantId
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
+TopicName = Annotated[
+    str, StringConstraints(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+]
 
 THRESHOLD_RULE = "category_threshold"
 
@@ -35,7 +44,9 @@ class ThresholdSpec(BaseModel):
     @model_validator(mode="after")
     def _review_not_above_block(self) -> Self:
         if self.review is not None and self.block is not None and self.review > self.block:
-            raise ValueError(f"review threshold {self.review} is above block threshold {self.block}")
+            raise ValueError(
+                f"review threshold {self.review} is above block threshold {self.block}"
+            )
         return self
 
 

@@ -29,15 +29,15 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            )
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
         elif path.is_file():
             found.append(path)
         else:
             raise ConfigError(f"{path} does not exist; pass image files or folders")
     if not found:
-        raise ConfigError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under the paths given")
+        raise ConfigError(
+            f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under the paths given"
+        )
     return found
 
 

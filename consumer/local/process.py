@@ -77,7 +77,7 @@ class ManagedProcess:
         return data[-max_bytes:].decode("utf-8", "replace")
 
     def wait_until(self, ready: Callable[[], bool], deadline_s: float, what: str) -> None:
-        """Poll ``ready`` until it is true; raise with the log tail if the child dies or time runs out."""
+        """Poll ``ready`` until true; raise with the log tail if the child dies or time runs out."""
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             if not self.running():

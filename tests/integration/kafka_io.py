@@ -85,7 +85,9 @@ async def read_until(
     return messages
 
 
-async def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: int) -> dict[int, int]:
+async def committed_offsets(
+    bootstrap: str, group_id: str, topic: str, partitions: int
+) -> dict[int, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

@@ -95,7 +95,7 @@ def make_settings(broker: TansuBroker, triton: TritonServer, **batching: float) 
         ),
         topics=topics,
         triton=TritonSettings(url=triton.grpc_url, ready_timeout_s=30),
-        batching=BatchSettings(**batching),  # type: ignore[arg-type]
+        batching=BatchSettings(**batching),
         policy=PolicySettings(path=POLICY),
         metrics=MetricsSettings(host="127.0.0.1", port=0),
     )
@@ -152,7 +152,13 @@ async def test_every_event_gets_exactly_one_outcome(
         topic = policies.rules_for(tenant).topics.for_action(verdict.action)
         expected[event_id] = (topic, verdict.action.value, scores)
         image = png(colour, (200 + i % 7 * 40, 150 + i % 5 * 30))
-        records.append((event_id.encode(), image_event(event_id, tenant, image), [("trace-id", event_id.encode())]))
+        records.append(
+            (
+                event_id.encode(),
+                image_event(event_id, tenant, image),
+                [("trace-id", event_id.encode())],
+            )
+        )
 
     bad: dict[bytes, str] = {}
     corrupt_png = png((1, 2, 3), (50, 50))[:60]
@@ -164,7 +170,9 @@ async def test_every_event_gets_exactly_one_outcome(
             (f"bad-field-{i}".encode(), image_event(f"x{i}", "Not A Tenant", b"\x89PNG"), [])
         )
         bad[f"bad-image-{i}".encode()] = "image_corrupt"
-        records.append((f"bad-image-{i}".encode(), image_event(f"bad-image-{i}", "acme", corrupt_png), []))
+        records.append(
+            (f"bad-image-{i}".encode(), image_event(f"bad-image-{i}", "acme", corrupt_png), [])
+        )
     ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
     assert sum(ends.values()) == len(records) == 600
 
@@ -189,7 +197,7 @@ async def test_every_event_gets_exactly_one_outcome(
     assert len(decisions) == len(expected)
     assert len(dead) == len(bad)
 
-    actions = Counter()
+    actions: Counter[tuple[str, str]] = Counter()
     for message in decisions:
         decision = Decision.model_validate_json(message.value or b"")
         topic, action, scores = expected[decision.event_id]
@@ -226,7 +234,7 @@ async def test_every_event_gets_exactly_one_outcome(
 
     # A restarted consumer in the same group starts after the committed offsets: it decides
     # only the new events, never the old ones again.
-    fresh = [
+    fresh: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
         (f"late-{i}".encode(), image_event(f"late-{i}", "acme", png((30, 200, 40), (64, 64))), [])
         for i in range(30)
     ]
@@ -257,7 +265,9 @@ async def test_consumer_refuses_a_model_that_does_not_fit(
         await asyncio.wait_for(serve(settings, asyncio.Event()), timeout=60)
 
 
-async def test_unknown_model_name_is_a_clear_error(broker: TansuBroker, triton: TritonServer) -> None:
+async def test_unknown_model_name_is_a_clear_error(
+    broker: TansuBroker, triton: TritonServer
+) -> None:
     settings = make_settings(broker, triton)
     settings = settings.model_copy(
         update={"triton": TritonSettings(url=triton.grpc_url, model_name="nope", ready_timeout_s=1)}

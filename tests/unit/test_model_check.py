@@ -33,7 +33,9 @@ def test_matching_model_gives_its_spec() -> None:
     assert check_model(METADATA, CONFIG, "1", 8).version == "1"
 
 
-def _broken(path: list[Any], value: Any, config: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+def _broken(
+    path: list[Any], value: Any, config: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     metadata, cfg = copy.deepcopy(METADATA), copy.deepcopy(CONFIG)
     target: Any = cfg if config else metadata
     for key in path[:-1]:

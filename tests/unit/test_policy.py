@@ -8,6 +8,7 @@ from consumer.errors import PolicyError
 from consumer.events import Action
 from consumer.policy import (
     THRESHOLD_RULE,
+    PolicySet,
     TopicRoutes,
     compile_policy,
     decide,
@@ -36,7 +37,7 @@ tenants:
 """
 
 
-def policies():  # type: ignore[no-untyped-def]
+def policies() -> PolicySet:
     return compile_policy(parse_policy(DOC, "test.yaml"), ROUTES)
 
 
@@ -99,15 +100,17 @@ def test_version_is_a_content_hash() -> None:
     ],
 )
 def test_invalid_documents_are_refused_with_location(text: str, fragment: str) -> None:
-    with pytest.raises(PolicyError, match="bad.yaml") as info:
+    with pytest.raises(PolicyError, match=r"bad\.yaml") as info:
         parse_policy(text, "bad.yaml")
     assert fragment in str(info.value)
 
 
 def test_override_that_inverts_thresholds_is_refused() -> None:
-    text = "default: {thresholds: {porn: {review: 0.4, block: 0.8}}}\n" \
+    text = (
+        "default: {thresholds: {porn: {review: 0.4, block: 0.8}}}\n"
         "tenants: {t: {thresholds: {porn: {block: 0.3}}}}"
-    with pytest.raises(PolicyError, match="review threshold 0.4 ends up above block"):
+    )
+    with pytest.raises(PolicyError, match=r"review threshold 0\.4 ends up above block"):
         compile_policy(parse_policy(text, "x"), ROUTES)
 
 

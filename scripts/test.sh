@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up, lint, type-check and run the whole test suite (unit + integration against the real
+# Tansu broker and tritonserver, both started by the tests on loopback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+.venv/bin/ruff check consumer training tests
+.venv/bin/mypy
+.venv/bin/pytest "$@"
