@@ -60,6 +60,10 @@ HEADER_PREFIX = "modstream-"
 # Resume fetching once in-flight work falls to this share of its limit, so the consumer does
 # not flap between paused and resumed on every completed event.
 RESUME_FRACTION = 0.8
+# Dead-letter reason codes raised here; imaging.REJECTION_CODES holds the image ones.
+PIPELINE_REJECTION_CODES = frozenset(
+    {"event_empty", "event_not_json", "event_invalid", "inference_rejected", "internal_error"}
+)
 # Room left in a produce request for the dead letter's envelope around the original bytes.
 DEAD_LETTER_ENVELOPE_BYTES = 64 * 1024
 

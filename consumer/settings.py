@@ -9,13 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
 
 
-class KafkaSettings(BaseModel):
+class _Section(BaseModel):
+    # A misspelt MODSTREAM_* variable must fail at startup, not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "modstream"
     group_id: str = "modstream"
@@ -39,14 +44,14 @@ class KafkaSettings(BaseModel):
     request_timeout_ms: int = Field(default=30_000, ge=1000)
 
 
-class TopicSettings(BaseModel):
+class TopicSettings(_Section):
     allow: str = "modstream.decisions.allow"
     review: str = "modstream.decisions.review"
     block: str = "modstream.decisions.block"
     dead_letter: str = "modstream.deadletter"
 
 
-class TritonSettings(BaseModel):
+class TritonSettings(_Section):
     url: str = "127.0.0.1:8001"
     model_name: str = "modstream_placeholder"
     # Empty means whatever version Triton serves as latest.
@@ -58,12 +63,12 @@ class TritonSettings(BaseModel):
     retry_max_backoff_s: float = Field(default=5.0, gt=0)
 
 
-class BatchSettings(BaseModel):
+class BatchSettings(_Section):
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=10.0, ge=0)
 
 
-class ImagingSettings(BaseModel):
+class ImagingSettings(_Section):
     max_image_bytes: int = Field(default=20 * MiB, ge=1024)
     max_pixels: int = Field(default=64_000_000, ge=1)
     decode_workers: int = Field(default=2, ge=1)
@@ -72,7 +77,7 @@ class ImagingSettings(BaseModel):
     fetch_max_redirects: int = Field(default=3, ge=0)
 
 
-class FlowSettings(BaseModel):
+class FlowSettings(_Section):
     """Bounds on work held in memory; past them the consumer pauses its partitions."""
 
     max_inflight_events: int = Field(default=1000, ge=1)
@@ -80,17 +85,17 @@ class FlowSettings(BaseModel):
     drain_timeout_s: float = Field(default=20.0, ge=0)
 
 
-class PolicySettings(BaseModel):
+class PolicySettings(_Section):
     path: Path = Path("policies/default.yaml")
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=9400, ge=0, le=65535)
     max_tenant_labels: int = Field(default=100, ge=1)
 
 
-class LogSettings(BaseModel):
+class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = True
 
