@@ -1,0 +1,1 @@
+"""Build, import and export the classifiers Triton serves; every export is checked for parity."""
