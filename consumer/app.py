@@ -191,37 +191,39 @@ class Pipeline:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _drain(self, dispatching: asyncio.Task[None]) -> None:
-        """Finish what was read, within the deadline; whatever is left is redelivered later."""
+        """Finish what was read, within the deadline; whatever is left is redelivered later.
+
+        Stages drain in flow order: events still being decoded feed the batcher, so it closes
+        only after they are done; then the last batches are inferred and produced.
+        """
+        deadline = asyncio.get_running_loop().time() + self._flow.drain_timeout_s
+        finished = await _wait_all(self._event_tasks, deadline)
         self._batcher.close()
-        deadline = self._flow.drain_timeout_s
-        pending: set[asyncio.Task[None]] = {dispatching, *self._event_tasks, *self._batch_tasks}
-        started = time.monotonic()
-        while pending:
-            remaining = deadline - (time.monotonic() - started)
-            if remaining <= 0:
-                break
-            _, pending = await asyncio.wait(pending, timeout=remaining)
-            # Event tasks finishing now may have put items the dispatcher turns into new batches.
-            pending |= {t for t in (*self._event_tasks, *self._batch_tasks) if not t.done()}
-        if pending:
+        finished = finished and await _wait_all({dispatching}, deadline)
+        finished = finished and await _wait_all(self._batch_tasks, deadline)
+        if not finished:
             logger.warning(
                 "drain deadline of %.1fs passed with %d events in flight; they are not "
                 "committed and will be redelivered",
-                deadline,
+                self._flow.drain_timeout_s,
                 self._inflight_events,
             )
-        for task in pending:
+        leftovers = [*self._event_tasks, dispatching, *self._batch_tasks]
+        for task in leftovers:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*leftovers, return_exceptions=True)
 
     # ── fetch and admit ────────────────────────────────────────────────────────────────────
 
     async def _fetch_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._apply_backpressure()
+            # Never read more than the in-flight bound has room for, so one large poll cannot
+            # overshoot it (bytes may still overshoot by at most one fetch).
+            room = self._flow.max_inflight_events - self._inflight_events
             try:
                 batches = await self._consumer.getmany(
-                    timeout_ms=200, max_records=self._limits.max_poll_records
+                    timeout_ms=200, max_records=max(1, min(room, self._limits.max_poll_records))
                 )
             except KafkaError as exc:
                 self._health.kafka_ok = False
@@ -586,6 +588,17 @@ def _where(record: ConsumerRecord[bytes, bytes]) -> str:
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("pipeline task failed", exc_info=task.exception())
+
+
+async def _wait_all(tasks: set[asyncio.Task[None]], deadline: float) -> bool:
+    """Wait for ``tasks`` (a live set that may shrink) until the loop-time ``deadline``."""
+    pending = set(tasks)
+    while pending:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        _, pending = await asyncio.wait(pending, timeout=remaining)
+    return True
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

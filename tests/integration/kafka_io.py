@@ -20,25 +20,37 @@ class Message:
     headers: tuple[tuple[str, bytes], ...]
 
 
+async def produce_positions(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]]]],
+) -> list[tuple[int, int]]:
+    """Produce (key, value, headers) records; return each record's (partition, offset)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=32 << 20)
+    await producer.start()
+    try:
+        acks = [
+            await producer.send(topic, value, key=key, headers=list(headers))
+            for key, value, headers in records
+        ]
+        positions = []
+        for ack in acks:
+            meta = await ack
+            positions.append((meta.partition, meta.offset))
+    finally:
+        await producer.stop()
+    return positions
+
+
 async def produce_all(
     bootstrap: str,
     topic: str,
     records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]]]],
 ) -> dict[int, int]:
     """Produce (key, value, headers) records; return the end offset of each partition written."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=32 << 20)
-    await producer.start()
     ends: dict[int, int] = {}
-    try:
-        acks = [
-            await producer.send(topic, value, key=key, headers=list(headers))
-            for key, value, headers in records
-        ]
-        for ack in acks:
-            meta = await ack
-            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
-    finally:
-        await producer.stop()
+    for partition, offset in await produce_positions(bootstrap, topic, records):
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
     return ends
 
 

@@ -26,6 +26,7 @@ from consumer.policy import load_policy
 from consumer.service import serve, topic_routes
 from consumer.settings import (
     BatchSettings,
+    FlowSettings,
     KafkaSettings,
     MetricsSettings,
     PolicySettings,
@@ -33,7 +34,12 @@ from consumer.settings import (
     TopicSettings,
     TritonSettings,
 )
-from tests.integration.kafka_io import committed_offsets, produce_all, read_until
+from tests.integration.kafka_io import (
+    committed_offsets,
+    produce_all,
+    produce_positions,
+    read_until,
+)
 from training.placeholder import reference_forward
 
 pytestmark = pytest.mark.integration
@@ -274,3 +280,65 @@ async def test_unknown_model_name_is_a_clear_error(
     )
     with pytest.raises(Exception, match="not ready on Triton"):
         await asyncio.wait_for(serve(settings, asyncio.Event()), timeout=30)
+
+
+async def test_stop_mid_stream_commits_only_decided_events(
+    broker: TansuBroker, triton: TritonServer
+) -> None:
+    settings = make_settings(broker, triton, max_batch_size=8, max_wait_ms=5)
+    # A small in-flight bound keeps most of the backlog unread when the stop comes.
+    settings = settings.model_copy(update={"flow": FlowSettings(max_inflight_events=24)})
+    kafka = settings.kafka
+    await ensure_topics(
+        kafka.bootstrap_servers,
+        {kafka.input_topic: PARTITIONS, **{t: 1 for t in output_topics(settings)}},
+    )
+    image = png((30, 200, 40), (2400, 1800))
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
+        (f"e-{i}".encode(), image_event(f"e-{i}", TENANTS[i % 3], image), []) for i in range(300)
+    ]
+    positions = await produce_positions(kafka.bootstrap_servers, kafka.input_topic, records)
+    ends: dict[int, int] = {}
+    for partition, offset in positions:
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+
+    async def some_decided() -> bool:
+        committed = await committed_offsets(
+            kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
+        )
+        return sum(committed.values()) >= 1
+
+    async with running(settings):
+        await wait_for(some_decided, timeout_s=60)
+    # The drain finished what was read: everything committed has an outcome, and nothing
+    # beyond what was read was committed.
+    committed = await committed_offsets(
+        kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
+    )
+    assert sum(committed.values()) < len(records), "stopped too late to test a partial drain"
+    outcomes = await read_until(
+        kafka.bootstrap_servers, output_topics(settings), sum(committed.values()), timeout_s=20
+    )
+    decided_keys = {m.key for m in outcomes}
+    committed_keys = {
+        key
+        for (key, _, _), (partition, offset) in zip(records, positions, strict=True)
+        if offset < committed.get(partition, 0)
+    }
+    assert committed_keys, "nothing was committed before the stop"
+    assert committed_keys <= decided_keys, "an offset was committed without its outcome"
+
+    # A restart picks up exactly where the commits stopped; every event ends with an outcome.
+    async def all_committed() -> bool:
+        done = await committed_offsets(
+            kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
+        )
+        return done == ends
+
+    async with running(settings):
+        await wait_for(all_committed, timeout_s=120)
+    final = await read_until(
+        kafka.bootstrap_servers, output_topics(settings), len(records), timeout_s=30
+    )
+    assert {m.key for m in final} == {key for key, _, _ in records}
+    assert decided_keys <= {m.key for m in final}
