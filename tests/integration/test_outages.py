@@ -1,0 +1,110 @@
+"""Transient failures are retried, never dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from pathlib import Path
+from urllib.error import HTTPError
+
+import pytest
+
+from consumer.health import HealthServer
+from consumer.local.tansu import TansuBroker, ensure_topics
+from consumer.local.triton import TritonServer
+from consumer.service import serve
+from consumer.settings import TritonSettings
+from tests.integration.conftest import TRITON_REPO
+from tests.integration.kafka_io import committed_offsets, produce_all, read_until
+from tests.integration.test_pipeline import (
+    PARTITIONS,
+    TENANTS,
+    image_event,
+    make_settings,
+    output_topics,
+    png,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except HTTPError as exc:
+        return int(exc.code)
+
+
+async def test_triton_outage_is_retried_and_nothing_is_dead_lettered(
+    broker: TansuBroker, triton: TritonServer, tmp_path: Path
+) -> None:
+    own = TritonServer(model_repository=TRITON_REPO, work_dir=tmp_path / "triton")
+    own.start(deadline_s=120)
+    try:
+        settings = make_settings(broker, own, max_batch_size=8, max_wait_ms=5)
+        settings = settings.model_copy(
+            update={
+                "triton": TritonSettings(
+                    url=own.grpc_url,
+                    timeout_s=2,
+                    retry_initial_backoff_s=0.05,
+                    retry_max_backoff_s=0.5,
+                )
+            }
+        )
+        kafka = settings.kafka
+        await ensure_topics(
+            kafka.bootstrap_servers,
+            {kafka.input_topic: PARTITIONS, **{t: 1 for t in output_topics(settings)}},
+        )
+        image = png((220, 30, 30), (1600, 1200))
+        records = [
+            (f"o-{i}".encode(), image_event(f"o-{i}", TENANTS[i % 3], image), [])
+            for i in range(300)
+        ]
+        ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
+
+        async def committed_count() -> int:
+            done = await committed_offsets(
+                kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
+            )
+            return sum(done.values())
+
+        async def started() -> bool:
+            return await committed_count() > 0
+
+        async def all_committed() -> bool:
+            return await committed_count() == len(records)
+
+        servers: list[HealthServer] = []
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(settings, stop, on_health_server=servers.append))
+        try:
+            await wait_for(started, timeout_s=60)
+            readyz = f"http://127.0.0.1:{servers[0].port}/readyz"
+            assert await asyncio.to_thread(_status, readyz) == 200
+            await asyncio.to_thread(own.kill)
+
+            async def not_ready() -> bool:
+                return await asyncio.to_thread(_status, readyz) == 503
+
+            await wait_for(not_ready, timeout_s=30)
+            during = await committed_count()
+            await asyncio.sleep(1.0)
+            assert await committed_count() == during, "nothing completes while Triton is down"
+            await asyncio.to_thread(own.restart, 120)
+            await wait_for(all_committed, timeout_s=120)
+            assert await asyncio.to_thread(_status, readyz) == 200
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=60)
+        assert ends
+        outcomes = await read_until(
+            kafka.bootstrap_servers, output_topics(settings), len(records), timeout_s=30
+        )
+        assert not [m for m in outcomes if m.topic == settings.topics.dead_letter]
+        assert {m.key for m in outcomes} == {key for key, _, _ in records}
+    finally:
+        own.close()
