@@ -60,7 +60,7 @@ async def test_triton_outage_is_retried_and_nothing_is_dead_lettered(
             {kafka.input_topic: PARTITIONS, **{t: 1 for t in output_topics(settings)}},
         )
         image = png((220, 30, 30), (1600, 1200))
-        records = [
+        records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
             (f"o-{i}".encode(), image_event(f"o-{i}", TENANTS[i % 3], image), [])
             for i in range(300)
         ]
