@@ -15,14 +15,16 @@ from consumer.local.triton import TritonServer
 from consumer.service import serve
 from consumer.settings import TritonSettings
 from tests.integration.conftest import TRITON_REPO
-from tests.integration.kafka_io import committed_offsets, produce_all, read_until
+from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.test_pipeline import (
     PARTITIONS,
     TENANTS,
+    group_committed,
     image_event,
     make_settings,
     output_topics,
     png,
+    wait_committed,
     wait_for,
 )
 
@@ -67,16 +69,10 @@ async def test_triton_outage_is_retried_and_nothing_is_dead_lettered(
         ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
 
         async def committed_count() -> int:
-            done = await committed_offsets(
-                kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
-            )
-            return sum(done.values())
+            return sum((await group_committed(settings)).values())
 
         async def started() -> bool:
             return await committed_count() > 0
-
-        async def all_committed() -> bool:
-            return await committed_count() == len(records)
 
         servers: list[HealthServer] = []
         stop = asyncio.Event()
@@ -95,12 +91,11 @@ async def test_triton_outage_is_retried_and_nothing_is_dead_lettered(
             await asyncio.sleep(1.0)
             assert await committed_count() == during, "nothing completes while Triton is down"
             await asyncio.to_thread(own.restart, 120)
-            await wait_for(all_committed, timeout_s=120)
+            await wait_committed(settings, ends, timeout_s=120)
             assert await asyncio.to_thread(_status, readyz) == 200
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=60)
-        assert ends
         outcomes = await read_until(
             kafka.bootstrap_servers, output_topics(settings), len(records), timeout_s=30
         )

@@ -128,6 +128,22 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float) -
     raise AssertionError(f"condition not met within {timeout_s}s")
 
 
+async def group_committed(settings: Settings) -> dict[int, int]:
+    kafka = settings.kafka
+    return await committed_offsets(
+        kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
+    )
+
+
+async def wait_committed(settings: Settings, ends: dict[int, int], timeout_s: float) -> None:
+    """Wait until the group's committed offsets reach the end of every partition written."""
+
+    async def reached() -> bool:
+        return await group_committed(settings) == ends
+
+    await wait_for(reached, timeout_s)
+
+
 def output_topics(settings: Settings) -> list[str]:
     t = settings.topics
     return [t.allow, t.review, t.block, t.dead_letter, "art-gallery.review"]
@@ -182,14 +198,8 @@ async def test_every_event_gets_exactly_one_outcome(
     ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
     assert sum(ends.values()) == len(records) == 600
 
-    async def all_committed() -> bool:
-        committed = await committed_offsets(
-            kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
-        )
-        return committed == ends
-
     async with running(settings):
-        await wait_for(all_committed, timeout_s=120)
+        await wait_committed(settings, ends, timeout_s=120)
 
     messages = await read_until(
         kafka.bootstrap_servers, output_topics(settings), len(records), timeout_s=30
@@ -248,14 +258,8 @@ async def test_every_event_gets_exactly_one_outcome(
     final_ends = {p: max(ends.get(p, 0), ends_after.get(p, 0)) for p in range(PARTITIONS)}
     final_ends = {p: e for p, e in final_ends.items() if e}
 
-    async def fresh_committed() -> bool:
-        committed = await committed_offsets(
-            kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
-        )
-        return committed == final_ends
-
     async with running(settings):
-        await wait_for(fresh_committed, timeout_s=60)
+        await wait_committed(settings, final_ends, timeout_s=60)
     after = await read_until(
         kafka.bootstrap_servers, output_topics(settings), len(records) + len(fresh), timeout_s=30
     )
@@ -303,18 +307,13 @@ async def test_stop_mid_stream_commits_only_decided_events(
         ends[partition] = max(ends.get(partition, 0), offset + 1)
 
     async def some_decided() -> bool:
-        committed = await committed_offsets(
-            kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
-        )
-        return sum(committed.values()) >= 1
+        return sum((await group_committed(settings)).values()) >= 1
 
     async with running(settings):
         await wait_for(some_decided, timeout_s=60)
     # The drain finished what was read: everything committed has an outcome, and nothing
     # beyond what was read was committed.
-    committed = await committed_offsets(
-        kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
-    )
+    committed = await group_committed(settings)
     assert sum(committed.values()) < len(records), "stopped too late to test a partial drain"
     outcomes = await read_until(
         kafka.bootstrap_servers, output_topics(settings), sum(committed.values()), timeout_s=20
@@ -329,14 +328,8 @@ async def test_stop_mid_stream_commits_only_decided_events(
     assert committed_keys <= decided_keys, "an offset was committed without its outcome"
 
     # A restart picks up exactly where the commits stopped; every event ends with an outcome.
-    async def all_committed() -> bool:
-        done = await committed_offsets(
-            kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
-        )
-        return done == ends
-
     async with running(settings):
-        await wait_for(all_committed, timeout_s=120)
+        await wait_committed(settings, ends, timeout_s=120)
     final = await read_until(
         kafka.bootstrap_servers, output_topics(settings), len(records), timeout_s=30
     )
