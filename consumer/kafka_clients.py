@@ -43,6 +43,7 @@ def build_consumer(settings: KafkaSettings) -> AIOKafkaConsumer:
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_poll_interval_ms=settings.max_poll_interval_ms,
         max_poll_records=settings.max_poll_records,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         fetch_max_bytes=settings.fetch_max_bytes,
     )
