@@ -157,8 +157,13 @@ class Pipeline:
         Raises ModelMismatch / PolicyError before consuming anything when the served model or
         the policy do not fit.
         """
-        self._spec = await self._classifier.connect(self._max_batch_size)
-        self._policies.check_categories(self._spec.class_names)
+        try:
+            self._spec = await self._classifier.connect(self._max_batch_size)
+            self._policies.check_categories(self._spec.class_names)
+        except BaseException:
+            # Refusing to start must still release the consumer's client resources.
+            await self._consumer.stop()
+            raise
         self._metrics.model_info.info({"name": self._spec.name, "version": self._spec.version})
         self._metrics.policy_info.info({"version": self._policies.version})
         self._health.triton_ok = True

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ import pytest
 from PIL import Image
 
 from consumer.errors import ModelMismatch
-from consumer.events import Decision
+from consumer.events import Action, Decision
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from consumer.policy import load_policy
@@ -85,6 +86,18 @@ def image_event(event_id: str, tenant: str, image: bytes) -> bytes:
     ).encode()
 
 
+def isolated_policy(run: str) -> Path:
+    """The repository's policy with its tenant topic override renamed for this run only.
+
+    Topics outlive a test on the session's broker; a shared name would leak one test's
+    decisions into another's reads.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"policy-{run}-"))
+    path = folder / "policy.yaml"
+    path.write_text(POLICY.read_text().replace("art-gallery.review", f"art-gallery.review-{run}"))
+    return path
+
+
 def make_settings(broker: TansuBroker, triton: TritonServer, **batching: float) -> Settings:
     run = uuid.uuid4().hex[:8]
     topics = TopicSettings(
@@ -102,7 +115,7 @@ def make_settings(broker: TansuBroker, triton: TritonServer, **batching: float) 
         topics=topics,
         triton=TritonSettings(url=triton.grpc_url, ready_timeout_s=30),
         batching=BatchSettings(**batching),
-        policy=PolicySettings(path=POLICY),
+        policy=PolicySettings(path=isolated_policy(run)),
         metrics=MetricsSettings(host="127.0.0.1", port=0),
     )
 
@@ -145,8 +158,11 @@ async def wait_committed(settings: Settings, ends: dict[int, int], timeout_s: fl
 
 
 def output_topics(settings: Settings) -> list[str]:
-    t = settings.topics
-    return [t.allow, t.review, t.block, t.dead_letter, "art-gallery.review"]
+    """Every topic the run's policy can route to, plus the dead-letter topic."""
+    policies = load_policy(settings.policy.path, topic_routes(settings.topics))
+    routes = [policies.default, *policies.tenants.values()]
+    decided = {r.topics.for_action(a) for r in routes for a in Action}
+    return sorted(decided | {settings.topics.dead_letter})
 
 
 async def test_every_event_gets_exactly_one_outcome(
@@ -158,7 +174,7 @@ async def test_every_event_gets_exactly_one_outcome(
         kafka.bootstrap_servers,
         {kafka.input_topic: PARTITIONS, **{t: 1 for t in output_topics(settings)}},
     )
-    policies = load_policy(POLICY, topic_routes(settings.topics))
+    policies = load_policy(settings.policy.path, topic_routes(settings.topics))
 
     # Expected outcome of each valid event, computed independently of the service: the
     # placeholder's numpy reference on the exact pixels, then the policy.
