@@ -1,0 +1,100 @@
+"""``modstream run`` as operators run it: configured by env vars, stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from consumer.local.tansu import TansuBroker, ensure_topics
+from consumer.local.triton import TritonServer
+from tests.integration.kafka_io import produce_all, read_until
+from tests.integration.test_pipeline import (
+    PARTITIONS,
+    TENANTS,
+    image_event,
+    make_settings,
+    output_topics,
+    png,
+    wait_committed,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def test_run_is_configured_from_env_and_drains_on_sigterm(
+    broker: TansuBroker, triton: TritonServer, tmp_path: Path
+) -> None:
+    settings = make_settings(broker, triton)
+    kafka, topics = settings.kafka, settings.topics
+    await ensure_topics(
+        kafka.bootstrap_servers,
+        {kafka.input_topic: PARTITIONS, **{t: 1 for t in output_topics(settings)}},
+    )
+    env = {
+        **os.environ,
+        "MODSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "MODSTREAM_KAFKA__GROUP_ID": kafka.group_id,
+        "MODSTREAM_KAFKA__INPUT_TOPIC": kafka.input_topic,
+        "MODSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
+        "MODSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
+        "MODSTREAM_KAFKA__COMMIT_INTERVAL_MS": "100",
+        "MODSTREAM_TOPICS__ALLOW": topics.allow,
+        "MODSTREAM_TOPICS__REVIEW": topics.review,
+        "MODSTREAM_TOPICS__BLOCK": topics.block,
+        "MODSTREAM_TOPICS__DEAD_LETTER": topics.dead_letter,
+        "MODSTREAM_TRITON__URL": triton.grpc_url,
+        "MODSTREAM_POLICY__PATH": str(settings.policy.path),
+        "MODSTREAM_METRICS__HOST": "127.0.0.1",
+        "MODSTREAM_METRICS__PORT": "0",
+    }
+    log_path = tmp_path / "run.log"
+    log = log_path.open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "consumer", "run", env=env, stdout=log, stderr=log
+    )
+    try:
+        records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
+            (
+                f"r-{i}".encode(),
+                image_event(f"r-{i}", TENANTS[i % 3], png((220, 30, 30), (64, 64))),
+                [],
+            )
+            for i in range(60)
+        ]
+        ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
+        await wait_committed(settings, ends, timeout_s=60)
+        process.send_signal(signal.SIGTERM)
+        returncode = await asyncio.wait_for(process.wait(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        log.close()
+    stderr = log_path.read_text()
+    assert returncode == 0, stderr[-2000:]
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert lines, "logs are JSON lines"
+    assert any("draining" in line["msg"] for line in lines)
+    assert any(line.get("model") == "modstream_placeholder" for line in lines)
+    outcomes = await read_until(kafka.bootstrap_servers, output_topics(settings), 60, timeout_s=20)
+    assert {m.key for m in outcomes} == {key for key, _, _ in records}
+
+
+def test_run_refuses_a_bad_policy_with_exit_2() -> None:
+    env = {**os.environ, "MODSTREAM_POLICY__PATH": "/nonexistent/policy.yaml"}
+    result = subprocess.run(
+        [sys.executable, "-m", "consumer", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "cannot read policy file /nonexistent/policy.yaml" in result.stderr
