@@ -31,6 +31,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from consumer.batcher import MicroBatcher
+from consumer.decisions import StageTimes, decide_event
 from consumer.errors import (
     EventRejected,
     InferenceRejected,
@@ -39,11 +40,8 @@ from consumer.errors import (
 )
 from consumer.events import (
     DeadLetter,
-    Decision,
     ImageEvent,
-    ModelRef,
     SourceRecord,
-    Timings,
 )
 from consumer.health import HealthState
 from consumer.imaging import DecodedImage, ImageFetcher, ImageLimits, decode_base64, decode_image
@@ -383,54 +381,42 @@ class Pipeline:
         inference_s: float,
     ) -> None:
         event = item.event
-        spec = self.spec
-        scores = {name: round(float(p), 6) for name, p in zip(spec.class_names, probs, strict=True)}
-        rules = self._policies.rules_for(event.tenant_id)
-        verdict = self._policies.decide(event.tenant_id, scores)
-        decided_at = datetime.now(UTC)
-        decision = Decision(
-            event_id=event.event_id,
-            tenant_id=event.tenant_id,
-            action=verdict.action,
-            scores=scores,
-            reasons=list(verdict.reasons),
-            model=ModelRef(name=spec.name, version=spec.version),
-            policy_version=self._policies.version,
-            timings=Timings(
-                queue_ms=_ms_between(event.created_at, item.pending.consumed_at),
-                decode_ms=round(item.image.decode_seconds * 1000, 3),
-                batch_wait_ms=round(batch_wait_s * 1000, 3),
-                inference_ms=round(inference_s * 1000, 3),
-                total_ms=_ms_between(event.created_at, decided_at),
-            ),
-            decided_at=decided_at,
-            metadata=dict(event.metadata),
+        times = StageTimes(
+            consumed_at=item.pending.consumed_at,
+            decode_s=item.image.decode_seconds,
+            batch_wait_s=batch_wait_s,
+            inference_s=inference_s,
         )
+        routed = decide_event(
+            event, probs, self.spec, self._policies, times, decided_at=datetime.now(UTC)
+        )
+        action = routed.decision.action
         headers = [
             *_carry_headers(item.pending.record),
             ("content-type", b"application/json"),
-            (HEADER_PREFIX + "schema", b"decision/" + decision.schema_version.encode()),
-            (HEADER_PREFIX + "action", verdict.action.value.encode()),
+            (HEADER_PREFIX + "schema", b"decision/" + routed.decision.schema_version.encode()),
+            (HEADER_PREFIX + "action", action.value.encode()),
             (HEADER_PREFIX + "policy-version", self._policies.version.encode()),
         ]
-        topic = rules.topics.for_action(verdict.action)
         await self._sink.deliver(
-            topic, event.event_id.encode(), decision.model_dump_json().encode(), headers
+            routed.topic,
+            event.event_id.encode(),
+            routed.decision.model_dump_json().encode(),
+            headers,
         )
         tenant = self._tenant_labels.label(event.tenant_id)
-        self._metrics.decisions.labels(verdict.action.value, tenant).inc()
+        self._metrics.decisions.labels(action.value, tenant).inc()
         self._metrics.end_to_end_seconds.observe(
             max(0.0, (datetime.now(UTC) - event.created_at).total_seconds())
         )
         logger.debug(
-            "decided %s for %s",
-            verdict.action.value,
-            event.event_id,
+            "decided %s, produced to %s",
+            action.value,
+            routed.topic,
             extra={
                 "event_id": event.event_id,
                 "tenant": event.tenant_id,
-                "action": verdict.action.value,
-                "topic": topic,
+                "action": action.value,
                 **_record_fields(item.pending.record),
             },
         )
@@ -576,10 +562,6 @@ def _carry_headers(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, byte
     """The input's headers, minus any that claim to be ours."""
     carried: Headers = record.headers or ()
     return [(k, v) for k, v in carried if not k.startswith(HEADER_PREFIX)]
-
-
-def _ms_between(start: datetime, end: datetime) -> float:
-    return round(max(0.0, (end - start).total_seconds() * 1000), 3)
 
 
 def _record_fields(record: ConsumerRecord[bytes, bytes]) -> dict[str, object]:

@@ -52,8 +52,9 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 from PIL import Image
 
 from consumer.app import parse_event
+from consumer.decisions import StageTimes, decide_event
 from consumer.errors import ConfigError, LocalServiceError
-from consumer.events import Action, Decision, ImageEvent, ModelRef, Timings
+from consumer.events import Action, Decision, ImageEvent
 from consumer.imaging import ImageLimits, decode_base64, decode_image
 from consumer.inference import TritonClassifier
 from consumer.kafka_clients import build_consumer, build_producer
@@ -841,32 +842,17 @@ async def run_naive_consumer(
                     decode_base64(event.image_b64 or "", limits), spec.input_size, limits
                 )
                 result = await classifier.classify(image.pixels[np.newaxis])
-                scores = {
-                    name: round(float(p), 6)
-                    for name, p in zip(spec.class_names, result.probs[0], strict=True)
-                }
-                verdict = policies.decide(event.tenant_id, scores)
-                decided_at = datetime.now(UTC)
-                decision = Decision(
-                    event_id=event.event_id,
-                    tenant_id=event.tenant_id,
-                    action=verdict.action,
-                    scores=scores,
-                    reasons=list(verdict.reasons),
-                    model=ModelRef(name=spec.name, version=spec.version),
-                    policy_version=policies.version,
-                    timings=Timings(
-                        queue_ms=0.0,
-                        decode_ms=round(image.decode_seconds * 1000, 3),
-                        batch_wait_ms=0.0,
-                        inference_ms=round(result.seconds * 1000, 3),
-                        total_ms=round((decided_at - event.created_at).total_seconds() * 1000, 3),
-                    ),
-                    decided_at=decided_at,
-                    metadata=dict(event.metadata),
+                times = StageTimes(
+                    consumed_at=datetime.now(UTC),
+                    decode_s=image.decode_seconds,
+                    batch_wait_s=0.0,
+                    inference_s=result.seconds,
+                )
+                routed = decide_event(
+                    event, result.probs[0], spec, policies, times, decided_at=datetime.now(UTC)
                 )
                 await producer.send_and_wait(
-                    topic, decision.model_dump_json().encode(), key=event.event_id.encode()
+                    topic, routed.decision.model_dump_json().encode(), key=event.event_id.encode()
                 )
                 await consumer.commit({partition: record.offset + 1})
                 if record.offset + 1 >= ends[record.partition]:
