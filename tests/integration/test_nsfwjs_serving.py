@@ -1,0 +1,160 @@
+"""The exported nsfwjs model, served by the real tritonserver, agrees with nsfwjs itself.
+
+Export (ONNX, uint8 input, parity-checked against eager PyTorch) → tritonserver → the
+consumer's own client and the whole pipeline → the probabilities nsfwjs computed in Node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from consumer.events import Decision
+from consumer.inference import TritonClassifier
+from consumer.local.tansu import TansuBroker, ensure_topics
+from consumer.local.triton import TritonServer
+from consumer.service import serve
+from consumer.settings import (
+    BatchSettings,
+    KafkaSettings,
+    MetricsSettings,
+    PolicySettings,
+    Settings,
+    TopicSettings,
+    TritonSettings,
+)
+from tests.integration.kafka_io import produce_all, read_until
+from tests.integration.test_pipeline import image_event, wait_committed
+from training.nsfwjs import load
+from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
+from training.nsfwjs.export import CATEGORIES, export_to_repository, triton_name
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nsfwjs"
+MODEL = "mobilenet_v2"
+POLICY = """
+default:
+  thresholds:
+    sexual_explicit: {review: 0.4, block: 0.8}
+    sexual_explicit_drawn: {review: 0.4, block: 0.8}
+    suggestive: {review: 0.6}
+"""
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / "reference.json").read_text())
+    model: dict[str, Any] = data["models"][MODEL]
+    return model
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    if shutil.which("npm") is None:
+        pytest.fail("npm is not on PATH: install Node.js with npm to fetch nsfwjs@4.4.0")
+    repo = tmp_path_factory.mktemp("repo")
+    archive = NsfwjsArchive.open(fetch_tarball(default_cache_dir()))
+    report = export_to_repository(load(MODEL, archive=archive), repo)
+    assert report.max_probs_diff < 1e-5
+    server = TritonServer(model_repository=repo, work_dir=tmp_path_factory.mktemp("triton"))
+    server.start(deadline_s=120)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _pixels(name: str) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    with Image.open(FIXTURES / "images" / f"{name}_224.png") as image:
+        return np.asarray(image.convert("RGB")).copy()
+
+
+async def test_triton_serves_what_nsfwjs_computes(
+    served: TritonServer, reference: dict[str, Any]
+) -> None:
+    classifier = TritonClassifier(
+        TritonSettings(url=served.grpc_url, model_name=triton_name(MODEL))
+    )
+    try:
+        spec = await classifier.connect(32)
+        assert spec.class_names == tuple(
+            CATEGORIES[c] for c in ("Drawing", "Hentai", "Neutral", "Porn", "Sexy")
+        )
+        assert spec.embedding_dim == 1280
+        names = sorted(reference["images"])
+        result = await classifier.classify(np.stack([_pixels(n) for n in names]))
+    finally:
+        await classifier.close()
+    for row, name in enumerate(names):
+        expected = reference["images"][name]
+        assert np.max(np.abs(result.probs[row] - np.array(expected["probs"]))) <= 1e-4, name
+        assert np.max(np.abs(result.embeddings[row] - np.array(expected["embedding"]))) <= 1e-3, (
+            name
+        )
+
+
+async def test_pipeline_decides_with_nsfwjs_scores(
+    broker: TansuBroker, served: TritonServer, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    settings = Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=broker.bootstrap_servers,
+            group_id=f"nsfw-{run}",
+            input_topic=f"nsfw-images-{run}",
+            session_timeout_ms=2000,
+            heartbeat_interval_ms=500,
+            commit_interval_ms=100,
+        ),
+        topics=TopicSettings(
+            allow=f"a-{run}", review=f"r-{run}", block=f"b-{run}", dead_letter=f"d-{run}"
+        ),
+        triton=TritonSettings(url=served.grpc_url, model_name=triton_name(MODEL)),
+        batching=BatchSettings(max_batch_size=8),
+        policy=PolicySettings(path=policy),
+        metrics=MetricsSettings(host="127.0.0.1", port=0),
+    )
+    outputs = [
+        settings.topics.allow,
+        settings.topics.review,
+        settings.topics.block,
+        settings.topics.dead_letter,
+    ]
+    await ensure_topics(
+        broker.bootstrap_servers, {settings.kafka.input_topic: 3, **{t: 1 for t in outputs}}
+    )
+    names = sorted(reference["images"])
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+    for name in names:
+        png = (FIXTURES / "images" / f"{name}_224.png").read_bytes()
+        records.append((name.encode(), image_event(name, "acme", png), []))
+    ends = await produce_all(broker.bootstrap_servers, settings.kafka.input_topic, records)
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    try:
+        await wait_committed(settings, ends, timeout_s=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+    messages = await read_until(broker.bootstrap_servers, outputs, len(names), timeout_s=20)
+    assert len(messages) == len(names)
+    for message in messages:
+        decision = Decision.model_validate_json(message.value or b"")
+        expected = reference["images"][decision.event_id]["probs"]
+        scores = [
+            decision.scores[CATEGORIES[c]] for c in ("Drawing", "Hentai", "Neutral", "Porn", "Sexy")
+        ]
+        assert np.max(np.abs(np.array(scores) - np.array(expected))) <= 1e-4, decision.event_id
+        assert decision.model.name == triton_name(MODEL)
