@@ -22,7 +22,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from consumer.errors import ConfigError, InferenceUnavailable, LocalServiceError
+from consumer.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    InferenceUnavailable,
+    LocalServiceError,
+)
 from consumer.logs import configure_logging
 from consumer.settings import LogSettings, Settings
 from consumer.signals import run_until_signalled
@@ -38,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (ConfigError, LocalServiceError, InferenceUnavailable) as exc:
+    except (ConfigError, LocalServiceError, InferenceUnavailable, BrokerUnavailable) as exc:
         sys.stderr.write(f"modstream: {_one_line(str(exc))}\n")
         return EXIT_CONFIG
     except ValidationError as exc:
@@ -107,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from consumer.kafka_clients import build_producer
+    from consumer.kafka_clients import build_producer, start_producer
     from consumer.produce import image_files, publish, round_robin_events
 
     settings = Settings()
@@ -123,7 +128,7 @@ def _produce(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         producer = build_producer(kafka)
-        await producer.start()
+        await start_producer(producer, kafka.bootstrap_servers)
         try:
             report = await publish(producer, topic, round_robin_events(images, tenants, count))
         finally:

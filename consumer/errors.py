@@ -11,6 +11,7 @@
     │   ├── InferenceUnavailable    transient: server down, overloaded, timed out (retriable)
     │   └── InferenceRejected       permanent for this input (the event is dead-lettered)
     ├── DeliveryError               producing to Kafka failed (retriable)
+    ├── BrokerUnavailable           Kafka cannot be reached at startup
     └── LocalServiceError           the embedded broker or Triton could not be started
 
 Dependency errors (aiokafka, grpc, Pillow, httpx) are translated into these at the module that
@@ -75,6 +76,12 @@ class InferenceRejected(InferenceError):
 
 class DeliveryError(ModstreamError):
     """A record could not be produced to Kafka; the producer retries it."""
+
+    retriable = True
+
+
+class BrokerUnavailable(ModstreamError):
+    """Kafka could not be reached at startup; check the bootstrap servers and credentials."""
 
     retriable = True
 

@@ -6,8 +6,10 @@ import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from consumer.errors import BrokerUnavailable
 from consumer.settings import KafkaSettings
 
 
@@ -58,3 +60,15 @@ def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
         max_request_size=settings.producer_max_request_size,
         compression_type=settings.compression_type,
     )
+
+
+async def start_producer(producer: AIOKafkaProducer, bootstrap: str) -> None:
+    """Start a producer; BrokerUnavailable says which servers could not be reached."""
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {bootstrap} ({exc}); check MODSTREAM_KAFKA__BOOTSTRAP_SERVERS "
+            "and the security settings"
+        ) from exc

@@ -10,7 +10,7 @@ from consumer.app import Pipeline, PipelineLimits
 from consumer.health import HealthServer, HealthState
 from consumer.imaging import ImageFetcher, ImageLimits
 from consumer.inference import TritonClassifier
-from consumer.kafka_clients import build_consumer, build_producer
+from consumer.kafka_clients import build_consumer, build_producer, start_producer
 from consumer.metrics import Metrics
 from consumer.policy import TopicRoutes, load_policy
 from consumer.settings import Settings, TopicSettings
@@ -46,7 +46,7 @@ async def serve(
     classifier = TritonClassifier(settings.triton)
     fetcher = ImageFetcher(settings.imaging)
     try:
-        await producer.start()
+        await start_producer(producer, settings.kafka.bootstrap_servers)
         pipeline = Pipeline(
             consumer=build_consumer(settings.kafka),
             sink=Sink(producer, metrics),

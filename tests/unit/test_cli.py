@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from consumer.cli import main
+from consumer.local.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,3 +53,15 @@ def test_bad_setting_exits_2(
 def test_produce_refuses_missing_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["produce", str(tmp_path / "missing.jpg")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_unreachable_broker_exits_2_with_what_to_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    port = free_port()  # nothing listens there
+    assert main(["produce", str(image), "--bootstrap", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach Kafka at 127.0.0.1:{port}" in err
+    assert "MODSTREAM_KAFKA__BOOTSTRAP_SERVERS" in err
