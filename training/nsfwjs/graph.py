@@ -382,29 +382,8 @@ def _parse_nodes(topology: JsObject, source: str) -> dict[str, _Node]:
 
 
 def _topological(nodes: Mapping[str, _Node], roots: Sequence[str], source: str) -> list[str]:
-    order: list[str] = []
-    state: dict[str, int] = {}
-    for root in roots:
-        stack: list[tuple[str, int]] = [(root, 0)]
-        while stack:
-            name, next_input = stack.pop()
-            if name not in nodes:
-                raise ImportFailed(f"{source}: node {name!r} is referenced but not defined")
-            if next_input == 0:
-                if state.get(name) == 2:
-                    continue
-                if state.get(name) == 1:
-                    raise ImportFailed(f"{source}: node {name!r} is part of a cycle")
-                state[name] = 1
-            inputs = nodes[name].inputs
-            if next_input < len(inputs):
-                stack.append((name, next_input + 1))
-                if state.get(inputs[next_input]) != 2:
-                    stack.append((inputs[next_input], 0))
-                continue
-            state[name] = 2
-            order.append(name)
-    return order
+    inputs_of = {name: item.inputs for name, item in nodes.items()}
+    return ops.topological_order(inputs_of, roots, source, "node")
 
 
 def _placeholder_shape(node: _Node) -> Shape:

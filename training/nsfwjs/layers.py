@@ -349,29 +349,8 @@ def _parse_topology(
 
 
 def _topological(layers: Mapping[str, _Layer], roots: Sequence[str], source: str) -> list[str]:
-    order: list[str] = []
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    for root in roots:
-        stack: list[tuple[str, int]] = [(root, 0)]
-        while stack:
-            name, next_input = stack.pop()
-            if name not in layers:
-                raise ImportFailed(f"{source}: layer {name!r} is referenced but not defined")
-            if next_input == 0:
-                if state.get(name) == 2:
-                    continue
-                if state.get(name) == 1:
-                    raise ImportFailed(f"{source}: layer {name!r} is part of a cycle")
-                state[name] = 1
-            inbound = layers[name].inbound
-            if next_input < len(inbound):
-                stack.append((name, next_input + 1))
-                if state.get(inbound[next_input]) != 2:
-                    stack.append((inbound[next_input], 0))
-                continue
-            state[name] = 2
-            order.append(name)
-    return order
+    inputs_of = {name: item.inbound for name, item in layers.items()}
+    return ops.topological_order(inputs_of, roots, source, "layer")
 
 
 def build_layers_model(

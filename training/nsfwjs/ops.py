@@ -13,12 +13,14 @@ applied with an explicit ``F.pad`` first.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
+
+from training.nsfwjs.errors import ImportFailed
 
 Shape: TypeAlias = tuple[int, ...]
 Pads: TypeAlias = tuple[int, int, int, int]  # top, bottom, left, right
@@ -320,3 +322,35 @@ class Dag(nn.Module):
                 raise RuntimeError(f"output slot {slot} was released before the end")
             result.append(value)
         return result
+
+
+def topological_order(
+    inputs_of: Mapping[str, Sequence[str]], roots: Sequence[str], source: str, kind: str
+) -> list[str]:
+    """Names in dependency order (inputs first), reachable from ``roots``; iterative DFS.
+
+    Raises ImportFailed for a name that is referenced but not defined, or a cycle.
+    """
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    for root in roots:
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            name, next_input = stack.pop()
+            if name not in inputs_of:
+                raise ImportFailed(f"{source}: {kind} {name!r} is referenced but not defined")
+            if next_input == 0:
+                if state.get(name) == 2:
+                    continue
+                if state.get(name) == 1:
+                    raise ImportFailed(f"{source}: {kind} {name!r} is part of a cycle")
+                state[name] = 1
+            inputs = inputs_of[name]
+            if next_input < len(inputs):
+                stack.append((name, next_input + 1))
+                if state.get(inputs[next_input]) != 2:
+                    stack.append((inputs[next_input], 0))
+                continue
+            state[name] = 2
+            order.append(name)
+    return order
