@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,11 @@ from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from consumer.service import serve
 from consumer.settings import (
-    BatchSettings,
-    KafkaSettings,
-    MetricsSettings,
     PolicySettings,
-    Settings,
-    TopicSettings,
     TritonSettings,
 )
 from tests.integration.kafka_io import produce_all, read_until
-from tests.integration.test_pipeline import image_event, wait_committed
+from tests.integration.test_pipeline import image_event, make_settings, wait_committed
 from training.nsfwjs import load
 from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
 from training.nsfwjs.export import CATEGORIES, export_to_repository, triton_name
@@ -106,25 +100,13 @@ async def test_triton_serves_what_nsfwjs_computes(
 async def test_pipeline_decides_with_nsfwjs_scores(
     broker: TansuBroker, served: TritonServer, reference: dict[str, Any], tmp_path: Path
 ) -> None:
-    run = uuid.uuid4().hex[:8]
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    settings = Settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=broker.bootstrap_servers,
-            group_id=f"nsfw-{run}",
-            input_topic=f"nsfw-images-{run}",
-            session_timeout_ms=2000,
-            heartbeat_interval_ms=500,
-            commit_interval_ms=100,
-        ),
-        topics=TopicSettings(
-            allow=f"a-{run}", review=f"r-{run}", block=f"b-{run}", dead_letter=f"d-{run}"
-        ),
-        triton=TritonSettings(url=served.grpc_url, model_name=triton_name(MODEL)),
-        batching=BatchSettings(max_batch_size=8),
-        policy=PolicySettings(path=policy),
-        metrics=MetricsSettings(host="127.0.0.1", port=0),
+    settings = make_settings(broker, served, max_batch_size=8).model_copy(
+        update={
+            "triton": TritonSettings(url=served.grpc_url, model_name=triton_name(MODEL)),
+            "policy": PolicySettings(path=policy),
+        }
     )
     outputs = [
         settings.topics.allow,
