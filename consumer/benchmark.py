@@ -79,7 +79,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_REPOSITORY: Final = REPO_ROOT / "triton_repo"
 DEFAULT_POLICY: Final = REPO_ROOT / "policies" / "default.yaml"
-DEFAULT_MODEL: Final = "modstream_placeholder"
+DEFAULT_MODEL: Final = "nsfw_mobilenet_v2"
 
 TENANTS: Final = ("kids-app", "art-gallery", "acme")
 SAMPLE_PHOTOS: Final = ("astronaut", "coffee", "chelsea", "rocket")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import itertools
 import logging
 import statistics
@@ -17,14 +16,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from PIL import Image
 
 from consumer.events import Action, Decision
 from consumer.local.process import free_port
@@ -32,6 +28,7 @@ from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from consumer.policy import load_policy
 from consumer.produce import build_event
+from consumer.samples import photos, standins
 from consumer.service import serve, topic_routes
 from consumer.settings import (
     KafkaSettings,
@@ -88,26 +85,8 @@ class Tally:
 
 
 def sample_images() -> list[bytes]:
-    """Real photos from scikit-image plus colour swatches the placeholder model reacts to."""
-    from skimage import data
-
-    images: list[bytes] = []
-    loaders: tuple[Callable[[], Any], ...] = (
-        data.astronaut,
-        data.coffee,
-        data.chelsea,
-        data.rocket,
-    )
-    for load in loaders:
-        photo = load()
-        out = io.BytesIO()
-        Image.fromarray(np.asarray(photo)).convert("RGB").save(out, format="JPEG", quality=90)
-        images.append(out.getvalue())
-    for colour in ((220, 40, 40), (40, 200, 60), (40, 60, 210), (220, 200, 50), (200, 50, 200)):
-        out = io.BytesIO()
-        Image.new("RGB", (640, 480), colour).save(out, format="JPEG", quality=90)
-        images.append(out.getvalue())
-    return images
+    """scikit-image photos plus stand-ins the model scores as explicit or suggestive."""
+    return [sample.data for sample in (*photos(), *standins())]
 
 
 def run_demo(duration_s: float | None, events: int, headless: bool) -> int:
@@ -119,7 +98,9 @@ def run_demo(duration_s: float | None, events: int, headless: bool) -> int:
         with (
             TansuBroker(log_path=work / "tansu.log") as broker,
             TritonServer(
-                model_repository=REPO_ROOT / "triton_repo", work_dir=work / "triton"
+                model_repository=REPO_ROOT / "triton_repo",
+                work_dir=work / "triton",
+                models=[TritonSettings().model_name],
             ) as triton,
         ):
             settings = _demo_settings(broker, triton)

@@ -1,8 +1,9 @@
 """Tenant policies: load and validate the YAML file, then ``decide()`` an action from scores.
 
 A policy file holds a ``default`` policy and per-tenant overrides. A tenant override changes
-single fields: ``{porn: {block: 0.6}}`` keeps the default ``review`` threshold for ``porn``;
-an explicit ``null`` switches a threshold off. ``block`` wins over ``review`` over ``allow``.
+single fields: ``{sexual_explicit: {block: 0.6}}`` keeps the default ``review`` threshold
+for ``sexual_explicit``; an explicit ``null`` switches a threshold off. ``block`` wins over
+``review`` over ``allow``.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class TopicSettings(_Section):
 
 class TritonSettings(_Section):
     url: str = "127.0.0.1:8001"
-    model_name: str = "modstream_placeholder"
+    model_name: str = "nsfw_mobilenet_v2"
     # Empty means whatever version Triton serves as latest.
     model_version: str = ""
     timeout_s: float = Field(default=10.0, gt=0)

@@ -9,3 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[local,training,dev]'
+# The model repository: the pinned nsfwjs networks, imported, exported to ONNX and
+# parity-checked (about 10 s; the tarball is fetched once with `npm pack` and cached).
+.venv/bin/python -m training.nsfwjs.export --repo triton_repo

@@ -9,9 +9,11 @@ import pytest
 
 from consumer.local.tansu import TansuBroker
 from consumer.local.triton import TritonServer
+from consumer.settings import TritonSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRITON_REPO = REPO_ROOT / "triton_repo"
+SERVED_MODEL = TritonSettings().model_name
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +25,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
 
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    server = TritonServer(model_repository=TRITON_REPO, work_dir=tmp_path_factory.mktemp("triton"))
+    if not (TRITON_REPO / SERVED_MODEL / "1" / "model.onnx").is_file():
+        pytest.fail(
+            f"{TRITON_REPO / SERVED_MODEL} is missing: run ./scripts/setup.sh (or "
+            "`python -m training.nsfwjs.export --repo triton_repo`) to generate it"
+        )
+    # Only the consumer's default model: the larger ones would slow every session's start.
+    server = TritonServer(
+        model_repository=TRITON_REPO,
+        work_dir=tmp_path_factory.mktemp("triton"),
+        models=[SERVED_MODEL],
+    )
     server.start(deadline_s=120)
     try:
         yield server

@@ -1,15 +1,14 @@
 """The exported nsfwjs model, served by the real tritonserver, agrees with nsfwjs itself.
 
-Export (ONNX, uint8 input, parity-checked against eager PyTorch) → tritonserver → the
-consumer's own client and the whole pipeline → the probabilities nsfwjs computed in Node.
+The repository ``scripts/setup.sh`` generated (ONNX, uint8 input, parity-checked against eager
+PyTorch at export) → tritonserver → the consumer's own client and the whole pipeline → the
+probabilities nsfwjs computed in Node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,7 @@ from consumer.settings import (
 )
 from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.test_pipeline import image_event, make_settings, wait_committed
-from training.nsfwjs import load
-from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
-from training.nsfwjs.export import CATEGORIES, export_to_repository, triton_name
+from training.nsfwjs.export import CATEGORIES, triton_name
 
 pytestmark = pytest.mark.integration
 
@@ -52,32 +49,16 @@ def reference() -> dict[str, Any]:
     return model
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    if shutil.which("npm") is None:
-        pytest.fail("npm is not on PATH: install Node.js with npm to fetch nsfwjs@4.4.0")
-    repo = tmp_path_factory.mktemp("repo")
-    archive = NsfwjsArchive.open(fetch_tarball(default_cache_dir()))
-    report = export_to_repository(load(MODEL, archive=archive), repo)
-    assert report.max_probs_diff < 1e-5
-    server = TritonServer(model_repository=repo, work_dir=tmp_path_factory.mktemp("triton"))
-    server.start(deadline_s=120)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def _pixels(name: str) -> np.ndarray[Any, np.dtype[np.uint8]]:
     with Image.open(FIXTURES / "images" / f"{name}_224.png") as image:
         return np.asarray(image.convert("RGB")).copy()
 
 
 async def test_triton_serves_what_nsfwjs_computes(
-    served: TritonServer, reference: dict[str, Any]
+    triton: TritonServer, reference: dict[str, Any]
 ) -> None:
     classifier = TritonClassifier(
-        TritonSettings(url=served.grpc_url, model_name=triton_name(MODEL))
+        TritonSettings(url=triton.grpc_url, model_name=triton_name(MODEL))
     )
     try:
         spec = await classifier.connect(32)
@@ -98,13 +79,13 @@ async def test_triton_serves_what_nsfwjs_computes(
 
 
 async def test_pipeline_decides_with_nsfwjs_scores(
-    broker: TansuBroker, served: TritonServer, reference: dict[str, Any], tmp_path: Path
+    broker: TansuBroker, triton: TritonServer, reference: dict[str, Any], tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    settings = make_settings(broker, served, max_batch_size=8).model_copy(
+    settings = make_settings(broker, triton, max_batch_size=8).model_copy(
         update={
-            "triton": TritonSettings(url=served.grpc_url, model_name=triton_name(MODEL)),
+            "triton": TritonSettings(url=triton.grpc_url, model_name=triton_name(MODEL)),
             "policy": PolicySettings(path=policy),
         }
     )

@@ -17,17 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from consumer.errors import ModelMismatch
 from consumer.events import Action, Decision
+from consumer.imaging import ImageLimits, decode_image
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from consumer.policy import load_policy
+from consumer.samples import Sample, photos, standins
 from consumer.service import serve, topic_routes
 from consumer.settings import (
     BatchSettings,
     FlowSettings,
+    ImagingSettings,
     KafkaSettings,
     MetricsSettings,
     PolicySettings,
@@ -41,24 +45,14 @@ from tests.integration.kafka_io import (
     produce_positions,
     read_until,
 )
-from training.placeholder import reference_forward
+from training.nsfwjs import load
+from training.nsfwjs.export import CATEGORIES
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 3
 TENANTS = ("kids-app", "art-gallery", "acme")
-CLASS_NAMES = ("drawing", "hentai", "neutral", "porn", "sexy")
-COLOURS = [
-    (220, 30, 30),
-    (30, 200, 40),
-    (30, 40, 210),
-    (220, 200, 40),
-    (210, 40, 200),
-    (128, 128, 128),
-    (180, 120, 90),
-    (150, 60, 60),
-    (90, 150, 200),
-]
+MODEL = "mobilenet_v2"
 POLICY = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
 
 
@@ -66,6 +60,32 @@ POLICY = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
 class Deployment:
     settings: Settings
     topics: list[str]
+
+
+@dataclass(frozen=True)
+class Scored:
+    sample: Sample
+    scores: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def scored_samples() -> list[Scored]:
+    """Sample photos and stand-ins with the scores the eager PyTorch model gives them.
+
+    The pixels come from the consumer's own decoder, so any difference from the served scores
+    is the export, Triton or the pipeline, never the resize.
+    """
+    model = load(MODEL).uint8_input()
+    categories = [CATEGORIES[name] for name in model.cfg.class_names]
+    samples = [*photos(), *standins()]
+    limits = ImageLimits.from_settings(ImagingSettings())
+    pixels = np.stack([decode_image(s.data, 224, limits).pixels for s in samples])
+    with torch.no_grad():
+        probs, _ = model(torch.from_numpy(pixels))
+    return [
+        Scored(sample, dict(zip(categories, (float(p) for p in row), strict=True)))
+        for sample, row in zip(samples, probs.numpy(), strict=True)
+    ]
 
 
 def png(colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
@@ -166,7 +186,7 @@ def output_topics(settings: Settings) -> list[str]:
 
 
 async def test_every_event_gets_exactly_one_outcome(
-    broker: TansuBroker, triton: TritonServer
+    broker: TansuBroker, triton: TritonServer, scored_samples: list[Scored]
 ) -> None:
     settings = make_settings(broker, triton, max_batch_size=16, max_wait_ms=5)
     kafka = settings.kafka
@@ -176,20 +196,18 @@ async def test_every_event_gets_exactly_one_outcome(
     )
     policies = load_policy(settings.policy.path, topic_routes(settings.topics))
 
-    # Expected outcome of each valid event, computed independently of the service: the
-    # placeholder's numpy reference on the exact pixels, then the policy.
+    # Expected outcome of each valid event, computed independently of the service: the eager
+    # PyTorch model on the decoded pixels, then the policy.
     expected: dict[str, tuple[str, str, dict[str, float]]] = {}
     records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
     for i in range(540):
-        colour = COLOURS[i % len(COLOURS)]
+        scored = scored_samples[i % len(scored_samples)]
         tenant = TENANTS[i % len(TENANTS)]
         event_id = f"ok-{i}"
-        probs, _ = reference_forward(np.full((1, 224, 224, 3), colour, dtype=np.uint8))
-        scores = dict(zip(CLASS_NAMES, (float(p) for p in probs[0]), strict=True))
-        verdict = policies.decide(tenant, scores)
+        verdict = policies.decide(tenant, scored.scores)
         topic = policies.rules_for(tenant).topics.for_action(verdict.action)
-        expected[event_id] = (topic, verdict.action.value, scores)
-        image = png(colour, (200 + i % 7 * 40, 150 + i % 5 * 30))
+        expected[event_id] = (topic, verdict.action.value, scored.scores)
+        image = scored.sample.data
         records.append(
             (
                 event_id.encode(),
@@ -238,7 +256,7 @@ async def test_every_event_gets_exactly_one_outcome(
         assert message.key == decision.event_id.encode()
         assert dict(message.headers)["trace-id"] == decision.event_id.encode()
         assert dict(message.headers)["modstream-action"] == action.encode()
-        assert decision.model.name == "modstream_placeholder"
+        assert decision.model.name == f"nsfw_{MODEL}"
         assert decision.model.version == "1"
         assert decision.policy_version.startswith("sha256:")
         assert decision.metadata == {"source": "test"}

@@ -81,7 +81,7 @@ async def test_run_is_configured_from_env_and_drains_on_sigterm(
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert lines, "logs are JSON lines"
     assert any("draining" in line["msg"] for line in lines)
-    assert any(line.get("model") == "modstream_placeholder" for line in lines)
+    assert any(line.get("model") == "nsfw_mobilenet_v2" for line in lines)
     outcomes = await read_until(kafka.bootstrap_servers, output_topics(settings), 60, timeout_s=20)
     assert {m.key for m in outcomes} == {key for key, _, _ in records}
 

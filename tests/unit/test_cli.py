@@ -22,18 +22,18 @@ def test_invalid_policy_exits_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("default:\n  thresholds:\n    porn: {review: 2}\n")
+    bad.write_text("default:\n  thresholds:\n    sexual_explicit: {review: 2}\n")
     assert main(["policy", "check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "bad.yaml" in err
-    assert "default.thresholds.porn.review" in err
+    assert "default.thresholds.sexual_explicit.review" in err
 
 
 def test_policy_check_refuses_unknown_categories(capsys: pytest.CaptureFixture[str]) -> None:
     policy = str(REPO / "policies" / "default.yaml")
-    assert main(["policy", "check", policy, "--categories", "porn,neutral"]) == 2
-    assert "hentai" in capsys.readouterr().err
+    assert main(["policy", "check", policy, "--categories", "sexual_explicit,safe"]) == 2
+    assert "sexual_explicit_drawn" in capsys.readouterr().err
 
 
 def test_schema_writes_json_schemas(tmp_path: Path) -> None:

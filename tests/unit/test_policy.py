@@ -23,16 +23,16 @@ REPO_POLICY = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
 DOC = """
 default:
   thresholds:
-    porn: {review: 0.4, block: 0.8}
-    sexy: {review: 0.6}
+    sexual_explicit: {review: 0.4, block: 0.8}
+    suggestive: {review: 0.6}
 tenants:
   strict:
     thresholds:
-      porn: {block: 0.5}
-      sexy: {block: 0.7}
+      sexual_explicit: {block: 0.5}
+      suggestive: {block: 0.7}
   lenient:
     thresholds:
-      porn: {block: null}
+      sexual_explicit: {block: null}
     topics: {review: lenient.review}
 """
 
@@ -42,36 +42,38 @@ def policies() -> PolicySet:
 
 
 def test_allow_when_nothing_reaches_a_threshold() -> None:
-    verdict = policies().decide("anyone", {"porn": 0.39, "sexy": 0.59, "neutral": 0.99})
+    verdict = policies().decide(
+        "anyone", {"sexual_explicit": 0.39, "suggestive": 0.59, "safe": 0.99}
+    )
     assert verdict.action is Action.ALLOW
     assert verdict.reasons == ()
 
 
 def test_thresholds_are_inclusive() -> None:
-    verdict = policies().decide("anyone", {"porn": 0.4})
+    verdict = policies().decide("anyone", {"sexual_explicit": 0.4})
     assert verdict.action is Action.REVIEW
     assert verdict.reasons[0].threshold == 0.4
 
 
 def test_block_wins_over_review() -> None:
-    verdict = policies().decide("anyone", {"porn": 0.85, "sexy": 0.9})
+    verdict = policies().decide("anyone", {"sexual_explicit": 0.85, "suggestive": 0.9})
     assert verdict.action is Action.BLOCK
     assert [r.action for r in verdict.reasons] == [Action.BLOCK, Action.REVIEW]
-    assert verdict.reasons[0].category == "porn"
+    assert verdict.reasons[0].category == "sexual_explicit"
     assert verdict.reasons[0].rule == THRESHOLD_RULE
 
 
 def test_tenant_override_changes_single_fields() -> None:
     strict = policies().rules_for("strict")
-    assert strict.thresholds["porn"].review == 0.4  # inherited
-    assert strict.thresholds["porn"].block == 0.5
-    assert policies().decide("strict", {"porn": 0.55}).action is Action.BLOCK
-    assert policies().decide("anyone", {"porn": 0.55}).action is Action.REVIEW
+    assert strict.thresholds["sexual_explicit"].review == 0.4  # inherited
+    assert strict.thresholds["sexual_explicit"].block == 0.5
+    assert policies().decide("strict", {"sexual_explicit": 0.55}).action is Action.BLOCK
+    assert policies().decide("anyone", {"sexual_explicit": 0.55}).action is Action.REVIEW
 
 
 def test_null_switches_a_threshold_off_and_topics_override() -> None:
     lenient = policies().rules_for("lenient")
-    verdict = decide(lenient, {"porn": 0.99})
+    verdict = decide(lenient, {"sexual_explicit": 0.99})
     assert verdict.action is Action.REVIEW
     assert lenient.topics.for_action(Action.REVIEW) == "lenient.review"
     assert lenient.topics.for_action(Action.BLOCK) == "t.block"
@@ -80,8 +82,8 @@ def test_null_switches_a_threshold_off_and_topics_override() -> None:
 def test_version_is_a_content_hash() -> None:
     same = compile_policy(parse_policy(DOC.replace("  ", "  "), "x"), ROUTES)
     reordered = DOC.replace(
-        "    porn: {review: 0.4, block: 0.8}\n    sexy: {review: 0.6}",
-        "    sexy: {review: 0.6}\n    porn: {block: 0.8, review: 0.4}",
+        "    sexual_explicit: {review: 0.4, block: 0.8}\n    suggestive: {review: 0.6}",
+        "    suggestive: {review: 0.6}\n    sexual_explicit: {block: 0.8, review: 0.4}",
     )
     assert compile_policy(parse_policy(reordered, "x"), ROUTES).version == same.version
     changed = compile_policy(parse_policy(DOC.replace("0.6", "0.65"), "x"), ROUTES)
@@ -91,8 +93,11 @@ def test_version_is_a_content_hash() -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("default: {thresholds: {porn: {review: 1.5}}}", "default.thresholds.porn.review"),
-        ("default: {thresholds: {porn: {review: 0.9, block: 0.5}}}", "above block"),
+        (
+            "default: {thresholds: {sexual_explicit: {review: 1.5}}}",
+            "default.thresholds.sexual_explicit.review",
+        ),
+        ("default: {thresholds: {sexual_explicit: {review: 0.9, block: 0.5}}}", "above block"),
         ("default: {}\ntenants: {'Bad Tenant': {}}", "tenants"),
         ("default: {thresholds: {}}\nextra: 1", "extra"),
         ("tenants: {}", "default"),
@@ -107,22 +112,24 @@ def test_invalid_documents_are_refused_with_location(text: str, fragment: str) -
 
 def test_override_that_inverts_thresholds_is_refused() -> None:
     text = (
-        "default: {thresholds: {porn: {review: 0.4, block: 0.8}}}\n"
-        "tenants: {t: {thresholds: {porn: {block: 0.3}}}}"
+        "default: {thresholds: {sexual_explicit: {review: 0.4, block: 0.8}}}\n"
+        "tenants: {t: {thresholds: {sexual_explicit: {block: 0.3}}}}"
     )
     with pytest.raises(PolicyError, match=r"review threshold 0\.4 ends up above block"):
         compile_policy(parse_policy(text, "x"), ROUTES)
 
 
 def test_unknown_categories_are_refused_against_the_model() -> None:
-    with pytest.raises(PolicyError, match="sexy"):
-        policies().check_categories(["porn", "neutral"])
-    policies().check_categories(["porn", "sexy", "neutral"])
+    with pytest.raises(PolicyError, match="suggestive"):
+        policies().check_categories(["sexual_explicit", "safe"])
+    policies().check_categories(["sexual_explicit", "suggestive", "safe"])
 
 
 def test_repository_policy_loads_and_describes() -> None:
     loaded = load_policy(REPO_POLICY, ROUTES)
-    loaded.check_categories(["drawing", "hentai", "neutral", "porn", "sexy"])
+    loaded.check_categories(
+        ["drawing", "sexual_explicit_drawn", "safe", "sexual_explicit", "suggestive"]
+    )
     text = describe(loaded)
     assert loaded.version in text
     assert "kids-app" in text
