@@ -16,7 +16,6 @@ import binascii
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
@@ -26,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from consumer.egress import EgressPolicy, GuardedTransport, parse_networks
 from consumer.errors import ImageRejected
 from consumer.settings import ImagingSettings
 
@@ -45,7 +45,7 @@ REJECTION_CODES: frozenset[str] = frozenset(
         # ImageFetcher
         "image_url_invalid",
         "image_url_scheme",
-        "image_url_blocked",  # reserved for an AddressGuard's refusals
+        "image_url_blocked",
         "image_fetch_redirects",
         "image_fetch_http_4xx",
         "image_fetch_http_5xx",
@@ -275,11 +275,6 @@ def _high_depth_to_uint8(values: npt.NDArray[np.generic]) -> npt.NDArray[np.uint
     return gray
 
 
-AddressGuard = Callable[[httpx.URL], Awaitable[None]]
-"""Called with every URL before it is requested, redirect targets included; raises
-``ImageRejected("image_url_blocked", ...)`` to refuse it. It receives the parsed URL that will
-be requested, so it cannot disagree with the HTTP client about which host that is."""
-
 _FETCH_SCHEMES = frozenset({"http", "https"})
 _TRANSIENT_FETCH_CODES = frozenset(
     {"image_fetch_timeout", "image_fetch_failed", "image_fetch_http_5xx"}
@@ -305,7 +300,6 @@ class ImageFetcher:
         self,
         settings: ImagingSettings,
         *,
-        address_guard: AddressGuard | None = None,
         retries: int = 2,
         retry_backoff_s: float = 0.1,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -313,7 +307,6 @@ class ImageFetcher:
         self._max_bytes = settings.max_image_bytes
         self._max_redirects = settings.fetch_max_redirects
         self._attempt_deadline_s = settings.fetch_connect_timeout_s + settings.fetch_read_timeout_s
-        self._address_guard = address_guard
         self._retries = retries
         self._retry_backoff_s = retry_backoff_s
         self._client = httpx.AsyncClient(
@@ -328,7 +321,11 @@ class ImageFetcher:
             headers={"Accept-Encoding": "identity", "User-Agent": "modstream"},
             # A shared jar would carry state between unrelated events and grow without bound.
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-            transport=transport,
+            transport=(
+                transport
+                if transport is not None
+                else GuardedTransport(EgressPolicy(parse_networks(settings.fetch_allow_networks)))
+            ),
         )
 
     async def close(self) -> None:
@@ -350,8 +347,8 @@ class ImageFetcher:
 
         Raises ImageRejected: ``image_url_invalid``, ``image_url_scheme``,
         ``image_fetch_redirects``, ``image_fetch_http_4xx``, ``image_fetch_http_5xx``,
-        ``image_fetch_timeout``, ``image_fetch_failed``, ``image_too_large``, or whatever the
-        address guard raises.
+        ``image_fetch_timeout``, ``image_fetch_failed``, ``image_too_large`` or
+        ``image_url_blocked`` (a host that is not public, see ``consumer.egress``).
         """
         target = self._parse(url)
         attempt = 0
@@ -403,8 +400,6 @@ class ImageFetcher:
         request = self._client.build_request("GET", url)
         for _hop in range(self._max_redirects + 1):
             self._check_scheme(request.url)
-            if self._address_guard is not None:
-                await self._address_guard(request.url)
             try:
                 response = await self._client.send(request, stream=True)
             except httpx.TimeoutException as exc:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumer.egress import parse_networks
 
 MiB = 1024 * 1024
 
@@ -78,6 +80,17 @@ class ImagingSettings(_Section):
     fetch_connect_timeout_s: float = Field(default=2.0, gt=0)
     fetch_read_timeout_s: float = Field(default=10.0, gt=0)
     fetch_max_redirects: int = Field(default=3, ge=0)
+    # Networks image URLs may reach although they are not public (tests, private deployments).
+    fetch_allow_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("fetch_allow_networks")
+    @classmethod
+    def _networks_parse(cls, values: list[str]) -> list[str]:
+        try:
+            parse_networks(values)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; give CIDR networks such as 10.0.0.0/8") from exc
+        return values
 
 
 class FlowSettings(_Section):

@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -505,6 +504,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(302, headers={"Location": target})
         elif path == "/to-ftp":
             self._reply(302, headers={"Location": "ftp://127.0.0.1/image.png"})
+        elif path == "/to-metadata":
+            self._reply(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
         elif path == "/declared-huge":
             self.send_response(200)
             self.send_header("Content-Length", str(10**9))
@@ -562,6 +563,7 @@ FETCH_SETTINGS = ImagingSettings(
     fetch_connect_timeout_s=0.5,
     fetch_read_timeout_s=0.3,
     fetch_max_redirects=2,
+    fetch_allow_networks=["127.0.0.1/32"],
 )
 
 
@@ -656,18 +658,20 @@ async def test_connection_refused(fetcher: ImageFetcher) -> None:
     )
 
 
-async def test_address_guard_sees_every_hop(server: _Server) -> None:
-    seen: list[str] = []
-
-    async def guard(url: httpx.URL) -> None:
-        seen.append(url.path)
-        if url.path == "/image.png":
-            raise ImageRejected("image_url_blocked", "not this one")
-
-    async with ImageFetcher(FETCH_SETTINGS, address_guard=guard) as fetcher:
-        assert await fetch_code(fetcher, f"{server.base}/hop/2") == "image_url_blocked"
-    assert seen == ["/hop/2", "/hop/1", "/image.png"]
+async def test_loopback_is_refused_unless_allowed(server: _Server) -> None:
+    settings = FETCH_SETTINGS.model_copy(update={"fetch_allow_networks": []})
+    async with ImageFetcher(settings, retries=0) as fetcher:
+        assert await fetch_code(fetcher, f"{server.base}/image.png") == "image_url_blocked"
+        assert await fetch_code(fetcher, f"http://localhost:{server.server_port}/image.png") == (
+            "image_url_blocked"
+        )
     assert server.hits["/image.png"] == 0
+
+
+async def test_redirect_to_a_private_address_is_refused(server: _Server) -> None:
+    async with ImageFetcher(FETCH_SETTINGS, retries=0) as fetcher:
+        code = await fetch_code(fetcher, f"{server.base}/to-metadata")
+    assert code == "image_url_blocked"
 
 
 async def test_messages_do_not_leak_query_strings(server: _Server, fetcher: ImageFetcher) -> None:
