@@ -31,6 +31,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from consumer.batcher import MicroBatcher
+from consumer.breaker import BreakerState, CircuitBreaker
 from consumer.decisions import StageTimes, decide_event
 from consumer.errors import (
     EventRejected,
@@ -132,6 +133,12 @@ class Pipeline:
         self._batcher: MicroBatcher[Prepared] = MicroBatcher(
             batching.max_batch_size, batching.max_wait_ms / 1000
         )
+        self._breaker = CircuitBreaker(
+            failure_threshold=triton.breaker_failure_threshold,
+            open_s=triton.breaker_open_s,
+            max_open_s=max(triton.breaker_open_s, triton.retry_max_backoff_s),
+            on_change=self._on_breaker_change,
+        )
         self._batch_slots = asyncio.Semaphore(triton.max_inflight_batches)
         self._executor = ThreadPoolExecutor(decode_workers, thread_name_prefix="modstream-decode")
         self._event_tasks: set[asyncio.Task[None]] = set()
@@ -216,6 +223,11 @@ class Pipeline:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
 
+    def _on_breaker_change(self, state: BreakerState) -> None:
+        self._metrics.circuit_open.set(0 if state is BreakerState.CLOSED else 1)
+        if state is not BreakerState.CLOSED:
+            self._health.triton_ok = False
+
     # ── fetch and admit ────────────────────────────────────────────────────────────────────
 
     async def _fetch_loop(self, stop: asyncio.Event) -> None:
@@ -239,15 +251,20 @@ class Pipeline:
                     self._admit(partition, record)
 
     def _apply_backpressure(self) -> None:
-        """Pause every assigned partition while too much is in flight; heartbeats go on."""
+        """Pause every assigned partition while too much is in flight or Triton is down.
+
+        Heartbeats go on while paused, so the group does not rebalance.
+        """
         flow = self._flow
         over = (
             self._inflight_events >= flow.max_inflight_events
             or self._inflight_bytes >= flow.max_inflight_bytes
+            or not self._breaker.closed
         )
         drained = (
             self._inflight_events <= flow.max_inflight_events * RESUME_FRACTION
             and self._inflight_bytes <= flow.max_inflight_bytes * RESUME_FRACTION
+            and self._breaker.closed
         )
         assignment = self._consumer.assignment()
         if over or (self._paused and not drained):
@@ -350,16 +367,20 @@ class Pipeline:
         pixels = np.stack([item.image.pixels for item in batch])
         backoff = self._triton.retry_initial_backoff_s
         while True:
+            await self._breaker.acquire()
             try:
                 result = await self._classifier.classify(pixels)
             except InferenceUnavailable as exc:
                 self._health.triton_ok = False
+                self._breaker.record_failure()
                 self._metrics.triton_errors.labels(exc.code).inc()
                 logger.warning("Triton unavailable, retrying in %.2fs: %s", backoff, exc)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, self._triton.retry_max_backoff_s)
                 continue
             except InferenceRejected as exc:
+                # Triton answered: it is up, whatever it thought of this input.
+                self._breaker.record_success()
                 self._metrics.triton_errors.labels(exc.code).inc()
                 if len(batch) == 1:
                     return [(batch[0], exc)]
@@ -368,6 +389,7 @@ class Pipeline:
                     *await self._classify(batch[:middle]),
                     *await self._classify(batch[middle:]),
                 ]
+            self._breaker.record_success()
             self._health.triton_ok = True
             self._metrics.batch_size.observe(len(batch))
             self._metrics.inference_seconds.observe(result.seconds)

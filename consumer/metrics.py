@@ -102,6 +102,11 @@ class Metrics:
         self.paused_partitions = Gauge(
             "modstream_paused_partitions", "Partitions paused by backpressure.", registry=r
         )
+        self.circuit_open = Gauge(
+            "modstream_triton_circuit_open",
+            "1 while the Triton circuit breaker is open or probing, else 0.",
+            registry=r,
+        )
         self.commits = Counter(
             "modstream_commits_total", "Offset commits acknowledged by the broker.", registry=r
         )

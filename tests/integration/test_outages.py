@@ -8,13 +8,14 @@ from pathlib import Path
 from urllib.error import HTTPError
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.health import HealthServer
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from consumer.service import serve
 from consumer.settings import TritonSettings
-from tests.integration.conftest import TRITON_REPO
+from tests.integration.conftest import SERVED_MODEL, TRITON_REPO
 from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.test_pipeline import (
     PARTITIONS,
@@ -39,10 +40,23 @@ def _status(url: str) -> int:
         return int(exc.code)
 
 
+def _gauges(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
 async def test_triton_outage_is_retried_and_nothing_is_dead_lettered(
     broker: TansuBroker, triton: TritonServer, tmp_path: Path
 ) -> None:
-    own = TritonServer(model_repository=TRITON_REPO, work_dir=tmp_path / "triton")
+    own = TritonServer(
+        model_repository=TRITON_REPO, work_dir=tmp_path / "triton", models=[SERVED_MODEL]
+    )
     own.start(deadline_s=120)
     try:
         settings = make_settings(broker, own, max_batch_size=8, max_wait_ms=5)
@@ -87,6 +101,16 @@ async def test_triton_outage_is_retried_and_nothing_is_dead_lettered(
                 return await asyncio.to_thread(_status, readyz) == 503
 
             await wait_for(not_ready, timeout_s=30)
+            metrics_url = f"http://127.0.0.1:{servers[0].port}/metrics"
+
+            async def breaker_open_and_paused() -> bool:
+                gauges = await asyncio.to_thread(_gauges, metrics_url)
+                return (
+                    gauges.get("modstream_triton_circuit_open") == 1
+                    and gauges.get("modstream_paused_partitions", 0) > 0
+                )
+
+            await wait_for(breaker_open_and_paused, timeout_s=30)
             # Decisions acknowledged just before the kill may still be committed on the next
             # commit tick (100 ms here); after that nothing can complete.
             await asyncio.sleep(0.5)
@@ -96,6 +120,8 @@ async def test_triton_outage_is_retried_and_nothing_is_dead_lettered(
             await asyncio.to_thread(own.restart, 120)
             await wait_committed(settings, ends, timeout_s=120)
             assert await asyncio.to_thread(_status, readyz) == 200
+            gauges = await asyncio.to_thread(_gauges, metrics_url)
+            assert gauges["modstream_triton_circuit_open"] == 0
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=60)
