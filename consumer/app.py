@@ -409,6 +409,8 @@ class Pipeline:
             batch_wait_s=batch_wait_s,
             inference_s=inference_s,
         )
+        if self._revoked_meanwhile(item.pending):
+            return
         routed = decide_event(
             event, probs, self.spec, self._policies, times, decided_at=datetime.now(UTC)
         )
@@ -447,6 +449,8 @@ class Pipeline:
     async def _dead_letter(
         self, pending: Pending, rejected: EventRejected, event: ImageEvent | None
     ) -> None:
+        if self._revoked_meanwhile(pending):
+            return
         record = pending.record
         value = record.value
         keep_original = value is not None and (
@@ -495,6 +499,21 @@ class Pipeline:
             },
         )
         self._finish(pending)
+
+    def _revoked_meanwhile(self, pending: Pending) -> bool:
+        """Drop an event whose partition moved to another consumer before its outcome was made.
+
+        Its offset can no longer be committed here and the new owner reads it again from the
+        last commit, so producing it would only add a duplicate.
+        """
+        if self._tracker.owns(pending.ticket):
+            return False
+        self._metrics.revoked_dropped.inc()
+        logger.debug(
+            "dropped: partition revoked while in flight", extra=_record_fields(pending.record)
+        )
+        self._finish(pending)
+        return True
 
     def _finish(self, pending: Pending) -> None:
         pending.ticket.complete()

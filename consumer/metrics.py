@@ -107,6 +107,12 @@ class Metrics:
             "1 while the Triton circuit breaker is open or probing, else 0.",
             registry=r,
         )
+        self.revoked_dropped = Counter(
+            "modstream_revoked_dropped_total",
+            "In-flight events dropped unproduced because their partition was revoked; the new "
+            "owner decides them.",
+            registry=r,
+        )
         self.commits = Counter(
             "modstream_commits_total", "Offset commits acknowledged by the broker.", registry=r
         )

@@ -96,6 +96,14 @@ class OffsetTracker(Generic[PartitionKey]):
             if progress is not None:
                 progress.mark_committed(position)
 
+    def owns(self, ticket: Ticket[PartitionKey]) -> bool:
+        """Whether the ticket's partition is still assigned since the ticket was issued.
+
+        A partition revoked and assigned again gets fresh progress, so a ticket from before
+        the revoke is not owned even though the partition is.
+        """
+        return self._partitions.get(ticket.partition) is ticket.progress
+
     def forget(self, partitions: list[PartitionKey] | set[PartitionKey]) -> None:
         """Drop revoked partitions; their in-flight tickets no longer move any commit."""
         for partition in partitions:

@@ -79,3 +79,14 @@ def test_ticket_of_a_revoked_partition_does_not_move_the_new_assignment() -> Non
     tracker.track("a", 0)
     old.complete()
     assert tracker.pending_commits() == {}
+
+
+def test_a_ticket_from_before_a_revoke_is_not_owned_even_after_reassignment() -> None:
+    tracker: OffsetTracker[str] = OffsetTracker()
+    before = tracker.track("p0", 5)
+    assert tracker.owns(before)
+    tracker.forget(["p0"])
+    assert not tracker.owns(before)
+    after = tracker.track("p0", 5)  # the partition came back and the record was read again
+    assert tracker.owns(after)
+    assert not tracker.owns(before)
