@@ -118,6 +118,12 @@ def decode_base64(text: str, limits: ImageLimits) -> bytes:
             f"base64 payload decodes to about {decoded_size} bytes, over the limit of "
             f"{limits.max_bytes}",
         )
+    if len(text) % 4:
+        # Python's decoder forgives some padding mistakes; the contract says RFC 4648.
+        raise ImageRejected(
+            "invalid_base64",
+            f"image payload is not valid base64: its length {len(text)} is not a multiple of 4",
+        )
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -155,6 +161,11 @@ def decode_image(data: bytes, size: int, limits: ImageLimits) -> DecodedImage:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected("image_too_many_pixels", f"image has too many pixels: {exc}") from exc
     except UnidentifiedImageError as exc:
+        if data.startswith(_SUPPORTED_SIGNATURES):
+            # The signature of a format we read, but Pillow could not even parse the header.
+            raise ImageRejected(
+                "image_corrupt", "image header is corrupt: it starts like a supported format"
+            ) from exc
         raise ImageRejected(
             "image_unsupported_format",
             f"not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
@@ -275,6 +286,15 @@ def _high_depth_to_uint8(values: npt.NDArray[np.generic]) -> npt.NDArray[np.uint
     return gray
 
 
+_SUPPORTED_SIGNATURES = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",  # JPEG
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+)
 _FETCH_SCHEMES = frozenset({"http", "https"})
 _TRANSIENT_FETCH_CODES = frozenset(
     {"image_fetch_timeout", "image_fetch_failed", "image_fetch_http_5xx"}

@@ -1,0 +1,150 @@
+"""Generated hostile events, each with the dead-letter reason code it must get.
+
+Every kind is built from first principles (byte layouts of the formats, the contract's
+rules), not by asking the consumer what it would say.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import struct
+import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from PIL import Image
+
+MAX_IMAGE_BYTES = 64 * 1024
+MAX_PIXELS = 4_000_000
+
+Hostile = tuple[bytes | None, str]
+"""(record value, expected reason code)."""
+
+
+def _event(rng: random.Random, **fields: object) -> bytes:
+    body: dict[str, object] = {
+        "event_id": f"h-{rng.getrandbits(64):016x}",
+        "tenant_id": "acme",
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+def _inline(rng: random.Random, image: bytes) -> bytes:
+    return _event(rng, image_b64=base64.b64encode(image).decode())
+
+
+def _png(rng: random.Random) -> bytes:
+    size = (rng.randint(16, 96), rng.randint(16, 96))
+    pixels = bytes(rng.getrandbits(8) for _ in range(size[0] * size[1] * 3))
+    out = io.BytesIO()
+    Image.frombytes("RGB", size, pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _jpeg(rng: random.Random) -> bytes:
+    out = io.BytesIO()
+    colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    Image.new("RGB", (rng.randint(32, 128), rng.randint(32, 128)), colour).save(out, "JPEG")
+    return out.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_bomb(rng: random.Random) -> bytes:
+    """A well-formed PNG whose header declares far more pixels than allowed."""
+    side = rng.randint(2_001, 60_000)
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024, 9)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", idat)
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _gif_bomb(rng: random.Random) -> bytes:
+    width, height = rng.randint(4_001, 65_535), rng.randint(4_001, 65_535)
+    screen = b"GIF89a" + struct.pack("<HH", width, height) + b"\x00\x00\x00"
+    frame = b"\x2c" + struct.pack("<HHHH", 0, 0, width, height) + b"\x00"
+    return screen + frame + b"\x02\x02\x44\x01\x00\x3b"
+
+
+def _unsupported(rng: random.Random) -> bytes:
+    choices = [
+        b"%PDF-1.7\n" + rng.randbytes(rng.randint(10, 500)),
+        b"<svg xmlns='http://www.w3.org/2000/svg'><rect/></svg>",
+        b"just some text, not an image " * rng.randint(1, 20),
+        b"\x00\x00\x01\x00" + rng.randbytes(64),  # ICO
+        b"PK\x03\x04" + rng.randbytes(200),  # ZIP
+    ]
+    return rng.choice(choices)
+
+
+def _kinds() -> list[Callable[[random.Random], Hostile]]:
+    return [
+        lambda rng: (b"\xff" + rng.randbytes(rng.randint(0, 300)), "event_not_json"),
+        lambda rng: (b'{"event_id": "x", ' + rng.randbytes(20), "event_not_json"),
+        lambda rng: (json.dumps([1, 2, 3]).encode(), "event_invalid"),
+        lambda rng: (_event(rng, image_b64="AAAA", tenant_id="Not A Tenant"), "event_invalid"),
+        lambda rng: (_event(rng, image_b64="AAAA", colour="red"), "event_invalid"),
+        lambda rng: (
+            _event(rng, image_b64="AAAA", image_url="https://example.com/a.png"),
+            "event_invalid",
+        ),
+        lambda rng: (_event(rng), "event_invalid"),  # no image at all
+        lambda rng: (
+            _event(rng, image_b64="AAAA", metadata={f"k{i}": "v" for i in range(500)}),
+            "event_invalid",
+        ),
+        lambda rng: (_event(rng, image_url="file:///etc/passwd"), "event_invalid"),
+        lambda rng: (_event(rng, image_b64="not*base64!" * rng.randint(1, 9)), "invalid_base64"),
+        lambda rng: (_event(rng, image_b64="QUJD="), "invalid_base64"),
+        lambda rng: (_inline(rng, b""), "image_empty"),
+        lambda rng: (
+            _inline(rng, (png := _png(rng))[: rng.randint(40, len(png) // 2)]),
+            "image_corrupt",
+        ),
+        lambda rng: (
+            _inline(rng, (jpeg := _jpeg(rng))[: rng.randint(20, len(jpeg) // 2)]),
+            "image_corrupt",
+        ),
+        lambda rng: (_inline(rng, b"\x89PNG\r\n\x1a\n" + rng.randbytes(100)), "image_corrupt"),
+        lambda rng: (_inline(rng, _png_bomb(rng)), "image_too_many_pixels"),
+        lambda rng: (_inline(rng, _gif_bomb(rng)), "image_too_many_pixels"),
+        lambda rng: (_inline(rng, _unsupported(rng)), "image_unsupported_format"),
+        lambda rng: (
+            _inline(rng, b"\xff\xd8\xff" + rng.randbytes(MAX_IMAGE_BYTES + rng.randint(1, 9999))),
+            "image_too_large",
+        ),
+        lambda rng: (
+            _event(
+                rng,
+                image_url=rng.choice(
+                    [
+                        "http://127.0.0.1/a.png",
+                        "http://169.254.169.254/latest/meta-data/",
+                        "http://10.0.0.7/x.jpg",
+                        "http://[::1]:8080/x.png",
+                        "http://192.168.1.1/router.png",
+                        "http://localhost/x.png",
+                    ]
+                ),
+            ),
+            "image_url_blocked",
+        ),
+        lambda rng: (None, "event_empty"),
+    ]
+
+
+def hostile_events(count: int, seed: int) -> list[Hostile]:
+    rng = random.Random(seed)
+    kinds = _kinds()
+    return [kinds[i % len(kinds)](rng) for i in range(count)]
