@@ -46,7 +46,7 @@ from consumer.events import (
 )
 from consumer.health import HealthState
 from consumer.imaging import DecodedImage, ImageFetcher, ImageLimits, decode_base64, decode_image
-from consumer.inference import ModelSpec, TritonClassifier
+from consumer.inference import BatchResult, ModelSpec, TritonClassifier
 from consumer.metrics import Metrics, TenantLabels
 from consumer.offsets import OffsetTracker, Ticket
 from consumer.policy import PolicySet
@@ -363,8 +363,46 @@ class Pipeline:
     async def _classify(
         self, batch: list[Prepared]
     ) -> list[tuple[Prepared, tuple[npt.NDArray[np.float32], float] | InferenceRejected]]:
-        """Infer a batch, retrying outages; a rejected batch is split to isolate the bad event."""
-        pixels = np.stack([item.image.pixels for item in batch])
+        """Infer a batch, retrying outages; a rejected batch is split to isolate the bad event.
+
+        Every sampled frame of an animated image is classified; the image scores, per
+        category, as high as its worst frame.
+        """
+        counts = [len(item.image.frames) for item in batch]
+        rows = np.concatenate([item.image.frames for item in batch])
+        try:
+            probs, seconds = await self._infer_rows(rows)
+        except InferenceRejected as exc:
+            if len(batch) == 1:
+                return [(batch[0], exc)]
+            middle = len(batch) // 2
+            return [
+                *await self._classify(batch[:middle]),
+                *await self._classify(batch[middle:]),
+            ]
+        outcomes: list[
+            tuple[Prepared, tuple[npt.NDArray[np.float32], float] | InferenceRejected]
+        ] = []
+        start = 0
+        for item, count in zip(batch, counts, strict=True):
+            outcomes.append((item, (probs[start : start + count].max(axis=0), seconds)))
+            start += count
+        return outcomes
+
+    async def _infer_rows(
+        self, rows: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.float32], float]:
+        """Probabilities for every row, in requests no larger than the batch size."""
+        parts = []
+        seconds = 0.0
+        for start in range(0, len(rows), self._max_batch_size):
+            result = await self._infer_request(rows[start : start + self._max_batch_size])
+            parts.append(result.probs)
+            seconds += result.seconds
+        return np.concatenate(parts), seconds
+
+    async def _infer_request(self, pixels: npt.NDArray[np.uint8]) -> BatchResult:
+        """One Triton request, retried through outages; InferenceRejected is raised as is."""
         backoff = self._triton.retry_initial_backoff_s
         while True:
             await self._breaker.acquire()
@@ -382,18 +420,12 @@ class Pipeline:
                 # Triton answered: it is up, whatever it thought of this input.
                 self._breaker.record_success()
                 self._metrics.triton_errors.labels(exc.code).inc()
-                if len(batch) == 1:
-                    return [(batch[0], exc)]
-                middle = len(batch) // 2
-                return [
-                    *await self._classify(batch[:middle]),
-                    *await self._classify(batch[middle:]),
-                ]
+                raise
             self._breaker.record_success()
             self._health.triton_ok = True
-            self._metrics.batch_size.observe(len(batch))
+            self._metrics.batch_size.observe(len(pixels))
             self._metrics.inference_seconds.observe(result.seconds)
-            return [(item, (result.probs[i], result.seconds)) for i, item in enumerate(batch)]
+            return result
 
     async def _decide(
         self,

@@ -39,6 +39,7 @@ REJECTION_CODES: frozenset[str] = frozenset(
         "image_empty",
         "image_too_large",
         "image_too_many_pixels",
+        "image_too_many_frames",
         "image_corrupt",
         "image_unsupported_format",
         "invalid_base64",
@@ -81,7 +82,12 @@ class DecodedImage:
     """An image ready for the model, with what was learnt about its source."""
 
     pixels: npt.NDArray[np.uint8]
-    """uint8, shape (size, size, 3), RGB, C-contiguous, read-only."""
+    """uint8, shape (size, size, 3), RGB, C-contiguous: the first frame."""
+    frames: npt.NDArray[np.uint8]
+    """uint8, shape (k, size, size, 3): the sampled frames, ``frames[0]`` is ``pixels``; k is
+    1 for still images."""
+    source_frames: int
+    """Frames (or pages) in the file."""
     source_width: int
     """Width as displayed, i.e. after EXIF orientation."""
     source_height: int
@@ -98,10 +104,19 @@ class ImageLimits:
 
     max_bytes: int
     max_pixels: int
+    sample_frames: int = 4
+    """Frames classified per animated image (or pages per multi-page file), evenly spaced."""
+    max_frames: int = 1000
+    """Animated images with more frames than this are refused."""
 
     @classmethod
     def from_settings(cls, settings: ImagingSettings) -> ImageLimits:
-        return cls(max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
+        return cls(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_pixels,
+            sample_frames=settings.sample_frames,
+            max_frames=settings.max_frames,
+        )
 
 
 def decode_base64(text: str, limits: ImageLimits) -> bytes:
@@ -134,12 +149,13 @@ def decode_image(data: bytes, size: int, limits: ImageLimits) -> DecodedImage:
     """Decode ``data`` and stretch the whole image to ``size`` x ``size`` RGB.
 
     The aspect ratio is not kept, matching the nsfwjs preprocessing the models were trained
-    with. Transparent areas are composited over white. Animated images (GIF, WebP, APNG)
-    contribute their first frame only; multi-page TIFFs their first page.
+    with. Transparent areas are composited over white. Animated images (GIF, WebP, APNG) and
+    multi-page TIFFs contribute up to ``limits.sample_frames`` frames, evenly spaced from the
+    first to the last, so a bad frame late in an animation is seen too (MPO: first picture).
 
     Raises ImageRejected with code ``image_empty``, ``image_too_large``,
-    ``image_too_many_pixels``, ``image_unsupported_format`` or ``image_corrupt``; no other
-    exception escapes for bad input.
+    ``image_too_many_pixels``, ``image_too_many_frames``, ``image_unsupported_format`` or
+    ``image_corrupt``; no other exception escapes for bad input.
     """
     if size < 1:
         raise ValueError(f"target size must be positive, not {size}")
@@ -192,14 +208,64 @@ def _decode_opened(
             f"{limits.max_pixels}",
         )
 
+    source_frames = int(getattr(image, "n_frames", 1) or 1)
+    if source_frames > limits.max_frames:
+        raise ImageRejected(
+            "image_too_many_frames",
+            f"image has {source_frames} frames, over the limit of {limits.max_frames}",
+        )
+    # An MPO's extra pictures are other views (stereo, depth) of the same scene: the first
+    # is enough, and keeps the DCT-domain downscaling that makes phone photos cheap.
+    wanted = 1 if source_format == "MPO" else limits.sample_frames
+    indices = sample_indices(source_frames, wanted)
+    # Frames of GIF/APNG/WebP are deltas: reaching frame k decodes the k before it.
+    decoded_pixels = (indices[-1] + 1) * width * height
+    if decoded_pixels > limits.max_pixels * limits.sample_frames:
+        raise ImageRejected(
+            "image_too_many_pixels",
+            f"sampling {len(indices)} of {source_frames} frames of {width}x{height} means "
+            f"decoding {decoded_pixels} pixels, over the limit of "
+            f"{limits.max_pixels * limits.sample_frames} (max pixels x frames sampled)",
+        )
+
     draft_scale = 1
-    if source_format in _DRAFT_FORMATS:
+    if source_format in _DRAFT_FORMATS and indices == [0]:
         drafted = image.draft("RGB", (size, size))
         if drafted is not None and drafted[1][2] > 0:
             draft_scale = max(1, round(width / drafted[1][2]))
 
     image.load()
     orientation = _orientation(image)
+    frames = []
+    for index in indices:
+        if index:
+            image.seek(index)
+            image.load()
+        frames.append(_frame_pixels(image, size, orientation))
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    stacked = np.ascontiguousarray(np.stack(frames))
+    return DecodedImage(
+        pixels=stacked[0],
+        frames=stacked,
+        source_frames=source_frames,
+        source_width=width,
+        source_height=height,
+        source_format=source_format,
+        decode_seconds=time.perf_counter() - started,
+        draft_scale=draft_scale,
+    )
+
+
+def sample_indices(frames: int, wanted: int) -> list[int]:
+    """Up to ``wanted`` distinct frame indices, evenly spaced, always the first and last."""
+    if frames <= 1 or wanted <= 1:
+        return [0]
+    count = min(frames, wanted)
+    return sorted({round(i * (frames - 1) / (count - 1)) for i in range(count)})
+
+
+def _frame_pixels(image: Image.Image, size: int, orientation: int) -> npt.NDArray[np.uint8]:
     resized = _to_rgb_or_rgba(image).resize(
         (size, size), Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP
     )
@@ -211,22 +277,12 @@ def _decode_opened(
     transpose = _ORIENTATION_TRANSPOSE.get(orientation)
     if transpose is not None:
         resized = resized.transpose(transpose)
-    if orientation in _SWAPS_AXES:
-        width, height = height, width
-
-    pixels = np.ascontiguousarray(np.asarray(resized, dtype=np.uint8))
+    pixels = np.asarray(resized, dtype=np.uint8)
     if pixels.shape != (size, size, 3):
         raise ImageRejected(
             "image_corrupt", f"decoded to an unexpected pixel layout {pixels.shape}"
         )
-    return DecodedImage(
-        pixels=pixels,
-        source_width=width,
-        source_height=height,
-        source_format=source_format,
-        decode_seconds=time.perf_counter() - started,
-        draft_scale=draft_scale,
-    )
+    return pixels
 
 
 def _orientation(image: Image.Image) -> int:

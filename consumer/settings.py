@@ -79,6 +79,10 @@ class BatchSettings(_Section):
 class ImagingSettings(_Section):
     max_image_bytes: int = Field(default=20 * MiB, ge=1024)
     max_pixels: int = Field(default=64_000_000, ge=1)
+    # Frames classified per animated image (max score per category wins); more frames than
+    # max_frames in one file is refused.
+    sample_frames: int = Field(default=4, ge=1, le=32)
+    max_frames: int = Field(default=1000, ge=1)
     decode_workers: int = Field(default=2, ge=1)
     fetch_connect_timeout_s: float = Field(default=2.0, gt=0)
     fetch_read_timeout_s: float = Field(default=10.0, gt=0)

@@ -369,3 +369,37 @@ async def test_stop_mid_stream_commits_only_decided_events(
     )
     assert {m.key for m in final} == {key for key, _, _ in records}
     assert decided_keys <= {m.key for m in final}
+
+
+async def test_animated_image_is_judged_by_its_worst_frame(
+    broker: TansuBroker, triton: TritonServer
+) -> None:
+    settings = make_settings(broker, triton, max_batch_size=4, max_wait_ms=5)
+    kafka = settings.kafka
+    await ensure_topics(
+        kafka.bootstrap_servers,
+        {kafka.input_topic: PARTITIONS, **{t: 1 for t in output_topics(settings)}},
+    )
+    benign = Image.open(io.BytesIO(photos()[0].data)).convert("RGB").resize((224, 224))
+    explicit = Image.open(io.BytesIO(next(s for s in standins() if s.name == "explicit-high").data))
+    # Lossless APNG of 11 frames: the stand-in is frames 3-5, the rest is benign.
+    frames = [benign] * 3 + [explicit.convert("RGB")] * 3 + [benign] * 5
+    animation = io.BytesIO()
+    frames[0].save(animation, format="PNG", save_all=True, append_images=frames[1:], duration=40)
+    still = io.BytesIO()
+    benign.save(still, format="PNG")
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
+        (b"animated", image_event("animated", "acme", animation.getvalue()), []),
+        (b"still", image_event("still", "acme", still.getvalue()), []),
+    ]
+    ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
+    async with running(settings):
+        await wait_committed(settings, ends, timeout_s=60)
+    messages = await read_until(kafka.bootstrap_servers, output_topics(settings), 2, timeout_s=20)
+    decisions = {
+        d.event_id: d for d in (Decision.model_validate_json(m.value or b"") for m in messages)
+    }
+    assert decisions["still"].action is Action.ALLOW
+    # Frames 0, 3, 7 and 10 are sampled: the first frame alone would have been allowed.
+    assert decisions["animated"].action is Action.BLOCK
+    assert decisions["animated"].scores["sexual_explicit"] > 0.9

@@ -27,6 +27,7 @@ from consumer.imaging import (
     ImageLimits,
     decode_base64,
     decode_image,
+    sample_indices,
 )
 from consumer.local.process import free_port
 from consumer.settings import ImagingSettings
@@ -273,14 +274,58 @@ def test_float_tiff_in_unit_range() -> None:
 @pytest.mark.parametrize(
     ("fmt", "options"), [("GIF", {}), ("PNG", {}), ("WEBP", {"lossless": True})]
 )
-def test_animated_images_use_the_first_frame(fmt: str, options: dict[str, object]) -> None:
+def test_animated_images_sample_every_frame_up_to_the_limit(
+    fmt: str, options: dict[str, object]
+) -> None:
     frames = [Image.new("RGB", (32, 32), colour) for colour in (RED, GREEN, BLUE)]
     data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, **options)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
 
     decoded = decode_image(data, SIZE, LIMITS)
 
+    assert decoded.source_frames == 3
+    assert decoded.frames.shape == (3, SIZE, SIZE, 3)
     assert_close(decoded.pixels[SIZE // 2, SIZE // 2], RED, 2)
+    for frame, colour in zip(decoded.frames, (RED, GREEN, BLUE), strict=True):
+        assert_close(frame[SIZE // 2, SIZE // 2], colour, 2)
+
+
+def test_long_animation_is_sampled_evenly_including_the_last_frame() -> None:
+    colours = [(i * 12, 0, 0) for i in range(20)]
+    frames = [Image.new("RGB", (16, 16), colour) for colour in colours]
+    data = encode(frames[0], "PNG", save_all=True, append_images=frames[1:], duration=50)
+
+    decoded = decode_image(data, SIZE, ImageLimits(max_bytes=10**7, max_pixels=10**7))
+
+    assert decoded.frames.shape[0] == 4
+    reds = [int(frame[0, 0, 0]) for frame in decoded.frames]
+    assert reds == [colours[i][0] for i in sample_indices(20, 4)] == [0, 72, 156, 228]
+
+
+def test_sample_indices() -> None:
+    assert sample_indices(1, 4) == [0]
+    assert sample_indices(3, 4) == [0, 1, 2]
+    assert sample_indices(10, 1) == [0]
+    assert sample_indices(100, 4) == [0, 33, 66, 99]
+
+
+def test_too_many_frames_is_refused() -> None:
+    frames = [Image.new("RGB", (8, 8), (i, i, i)) for i in range(12)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=20)
+    limits = ImageLimits(max_bytes=10**7, max_pixels=10**7, max_frames=10)
+    with pytest.raises(ImageRejected) as info:
+        decode_image(data, SIZE, limits)
+    assert info.value.code == "image_too_many_frames"
+
+
+def test_animation_whose_frames_add_up_to_a_bomb_is_refused() -> None:
+    frames = [Image.new("RGB", (100, 100), (i, 0, 0)) for i in range(50)]
+    data = encode(frames[0], "PNG", save_all=True, append_images=frames[1:], duration=20)
+    # Each frame is within max_pixels, but reaching the last one decodes all fifty.
+    limits = ImageLimits(max_bytes=10**7, max_pixels=20_000, sample_frames=4)
+    with pytest.raises(ImageRejected) as info:
+        decode_image(data, SIZE, limits)
+    assert info.value.code == "image_too_many_pixels"
 
 
 # --- rejections -------------------------------------------------------------------------
