@@ -13,7 +13,7 @@ import pytest
 from consumer.audit import audit, read_to_end
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
-from tests.integration.hostile import MAX_IMAGE_BYTES, MAX_PIXELS, hostile_events
+from tests.hostile import MAX_IMAGE_BYTES, MAX_PIXELS, hostile_events
 from tests.integration.kafka_io import committed_offsets, produce_positions
 from tests.integration.processes import ConsumerProcess, consumer_env
 from tests.integration.test_pipeline import PARTITIONS, make_settings, output_topics, wait_for

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 import urllib.request
 from pathlib import Path
 from urllib.error import HTTPError
@@ -118,7 +120,15 @@ async def test_triton_outage_is_retried_and_nothing_is_dead_lettered(
             await asyncio.sleep(1.0)
             assert await committed_count() == during, "nothing completes while Triton is down"
             await asyncio.to_thread(own.restart, 120)
+            restarted = time.monotonic()
+
+            async def progressing() -> bool:
+                return await committed_count() > during
+
+            await wait_for(progressing, timeout_s=60)
+            first_commit_s = time.monotonic() - restarted
             await wait_committed(settings, ends, timeout_s=120)
+            drained_s = time.monotonic() - restarted
             assert await asyncio.to_thread(_status, readyz) == 200
             gauges = await asyncio.to_thread(_gauges, metrics_url)
             assert gauges["modstream_triton_circuit_open"] == 0
@@ -130,5 +140,11 @@ async def test_triton_outage_is_retried_and_nothing_is_dead_lettered(
         )
         assert not [m for m in outcomes if m.topic == settings.topics.dead_letter]
         assert {m.key for m in outcomes} == {key for key, _, _ in records}
+        remaining = len(records) - during
+        sys.stderr.write(
+            f"\nTriton outage: first commit {first_commit_s:.1f}s after Triton was ready again, "
+            f"remaining {remaining} events drained in {drained_s:.1f}s "
+            f"({remaining / drained_s:.0f}/s)\n"
+        )
     finally:
         own.close()

@@ -1,7 +1,8 @@
 """Generated hostile events, each with the dead-letter reason code it must get.
 
 Every kind is built from first principles (byte layouts of the formats, the contract's
-rules), not by asking the consumer what it would say.
+rules), not by asking the consumer what it would say. ``hostile_event()`` is the hypothesis
+strategy; ``hostile_events(count, seed)`` draws a reproducible corpus from it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hyp_seed
+from hypothesis import strategies as st
 from PIL import Image
 
 MAX_IMAGE_BYTES = 64 * 1024
@@ -39,8 +43,8 @@ def _inline(rng: random.Random, image: bytes) -> bytes:
 
 
 def _png(rng: random.Random) -> bytes:
-    size = (rng.randint(16, 96), rng.randint(16, 96))
-    pixels = bytes(rng.getrandbits(8) for _ in range(size[0] * size[1] * 3))
+    size = (rng.randint(16, 64), rng.randint(16, 64))
+    pixels = rng.randbytes(size[0] * size[1] * 3)
     out = io.BytesIO()
     Image.frombytes("RGB", size, pixels).save(out, format="PNG")
     return out.getvalue()
@@ -144,7 +148,81 @@ def _kinds() -> list[Callable[[random.Random], Hostile]]:
     ]
 
 
+def _not_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        return True
+    return False
+
+
+_JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+
+
+def _json_objects() -> st.SearchStrategy[Hostile]:
+    # Any JSON object without an event_id breaks the contract, whatever else it holds.
+    return st.dictionaries(
+        st.text(max_size=12).filter(lambda key: key != "event_id"),
+        st.recursive(
+            _JSON_SCALARS,
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner),
+            max_leaves=8,
+        ),
+        max_size=6,
+    ).map(lambda body: (json.dumps(body).encode(), "event_invalid"))
+
+
+def _garbage() -> st.SearchStrategy[Hostile]:
+    return (
+        st.binary(min_size=1, max_size=2000)
+        .filter(_not_json)
+        .map(lambda data: (data, "event_not_json"))
+    )
+
+
+def hostile_event() -> st.SearchStrategy[Hostile]:
+    """One hostile event and the reason code it must be dead-lettered with."""
+    crafted = st.builds(
+        lambda kind, rng: kind(rng),
+        st.sampled_from(_kinds()),
+        st.randoms(use_true_random=True),
+    )
+    return st.one_of(crafted, _json_objects(), _garbage())
+
+
+def _draw(strategy: st.SearchStrategy[Hostile], count: int, seed: int) -> list[Hostile]:
+    drawn: list[Hostile] = []
+
+    @hyp_seed(seed)
+    @settings(
+        max_examples=count,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def collect(item: Hostile) -> None:
+        drawn.append(item)
+
+    collect()
+    return drawn[:count]
+
+
 def hostile_events(count: int, seed: int) -> list[Hostile]:
-    rng = random.Random(seed)
-    kinds = _kinds()
-    return [kinds[i % len(kinds)](rng) for i in range(count)]
+    """``count`` events drawn with hypothesis, reproducibly for a given seed.
+
+    Every kind gets an equal share, so every reason code is covered; hypothesis supplies the
+    bytes within each kind. Kinds are interleaved so a partial read still sees them all.
+    """
+    kinds = [
+        # Kinds need kilobytes of random bytes: hypothesis draws the seed of a
+        # random.Random, which keeps every example within its buffer.
+        *(st.builds(kind, st.randoms(use_true_random=True)) for kind in _kinds()),
+        _json_objects(),
+        _garbage(),
+    ]
+    share = -(-count // len(kinds))
+    per_kind = [_draw(strategy, share, seed + n) for n, strategy in enumerate(kinds)]
+    interleaved = [item for group in zip(*per_kind, strict=False) for item in group]
+    return interleaved[:count]
