@@ -30,7 +30,7 @@ from consumer.errors import (
 )
 from consumer.logs import configure_logging
 from consumer.settings import LogSettings, Settings
-from consumer.signals import run_until_signalled
+from consumer.signals import defer_signals, run_until_signalled
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    defer_signals()
     from consumer.service import serve
 
     settings = Settings()

@@ -15,6 +15,7 @@ import pytest
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from tests.integration.kafka_io import produce_all, read_until
+from tests.integration.processes import consumer_env
 from tests.integration.test_pipeline import (
     PARTITIONS,
     TENANTS,
@@ -98,3 +99,24 @@ def test_run_refuses_a_bad_policy_with_exit_2() -> None:
     )
     assert result.returncode == 2
     assert "cannot read policy file /nonexistent/policy.yaml" in result.stderr
+
+
+async def test_sigterm_during_startup_is_a_clean_stop(
+    broker: TansuBroker, triton: TritonServer, tmp_path: Path
+) -> None:
+    settings = make_settings(broker, triton)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "run",
+        env=consumer_env(settings),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    # Well before the imports are done, let alone the group joined.
+    await asyncio.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert b"draining" in stderr
