@@ -308,6 +308,8 @@ class Pipeline:
     # ── prepare: parse, fetch, decode ──────────────────────────────────────────────────────
 
     async def _prepare(self, pending: Pending) -> None:
+        if self._revoked_meanwhile(pending):
+            return
         loop = asyncio.get_running_loop()
         event: ImageEvent | None = None
         started = time.perf_counter()
@@ -348,6 +350,10 @@ class Pipeline:
 
     async def _infer_and_route(self, batch: list[Prepared]) -> None:
         dispatched_at = time.perf_counter()
+        # A rebalance while the batch waited: skip inference for events no longer ours.
+        batch = [item for item in batch if not self._revoked_meanwhile(item.pending)]
+        if not batch:
+            return
         outcomes = await self._classify(batch)
         deliveries: list[Awaitable[None]] = []
         for item, outcome in outcomes:

@@ -16,6 +16,7 @@ import binascii
 import io
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
@@ -30,6 +31,11 @@ from consumer.errors import ImageRejected
 from consumer.settings import ImagingSettings
 
 logger = logging.getLogger(__name__)
+
+# Pillow warns (on stderr, outside the JSON logs) about images past its own pixel guard and
+# then decodes them anyway. As an error it is caught below and dead-letters the image; set
+# once at import because warning filters are process-wide and decoding runs in threads.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
