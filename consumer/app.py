@@ -467,7 +467,9 @@ class Pipeline:
             headers,
         )
         tenant = self._tenant_labels.label(event.tenant_id)
-        self._metrics.decisions.labels(action.value, tenant).inc()
+        reasons = routed.decision.reasons
+        category = (reasons[0].category if reasons else None) or "none"
+        self._metrics.decisions.labels(action.value, tenant, category).inc()
         self._metrics.end_to_end_seconds.observe(
             max(0.0, (datetime.now(UTC) - event.created_at).total_seconds())
         )
@@ -569,6 +571,19 @@ class Pipeline:
         while True:
             await asyncio.sleep(self._limits.commit_interval_s)
             await self._commit()
+            await self._update_lag()
+
+    async def _update_lag(self) -> None:
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is None:
+                continue  # nothing fetched from this partition yet
+            try:
+                position = await self._consumer.position(tp)
+            except (IllegalStateError, KafkaError):
+                continue  # revoked meanwhile, or the broker is away: keep the last value
+            lag = max(0, highwater - position) + self._tracker.in_flight_of(tp)
+            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit every partition whose contiguous completed offsets moved."""
@@ -595,6 +610,10 @@ class Pipeline:
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         await self._commit(only=revoked)
         self._tracker.forget(revoked)
+        for tp in revoked:
+            # Another consumer reports this partition now; a stale series would double it.
+            with contextlib.suppress(KeyError):
+                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]

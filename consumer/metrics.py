@@ -51,8 +51,9 @@ class Metrics:
         )
         self.decisions = Counter(
             "modstream_decisions_total",
-            "Decisions produced and acknowledged, by action and tenant.",
-            ["action", "tenant"],
+            "Decisions produced and acknowledged, by action, tenant and the category of the "
+            "rule that decided (none for allow).",
+            ["action", "tenant", "category"],
             registry=r,
         )
         self.dead_letters = Counter(
@@ -98,6 +99,13 @@ class Metrics:
         )
         self.inflight_bytes = Gauge(
             "modstream_inflight_bytes", "Bytes of records read but not yet decided.", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "modstream_consumer_lag",
+            "Records of an assigned partition not decided yet: high watermark minus the fetch "
+            "position, plus records in flight.",
+            ["topic", "partition"],
+            registry=r,
         )
         self.paused_partitions = Gauge(
             "modstream_paused_partitions", "Partitions paused by backpressure.", registry=r

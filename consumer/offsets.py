@@ -112,5 +112,9 @@ class OffsetTracker(Generic[PartitionKey]):
     def in_flight(self) -> int:
         return sum(progress.in_flight for progress in self._partitions.values())
 
+    def in_flight_of(self, partition: PartitionKey) -> int:
+        progress = self._partitions.get(partition)
+        return progress.in_flight if progress is not None else 0
+
     def partitions(self) -> list[PartitionKey]:
         return list(self._partitions)

@@ -27,14 +27,17 @@ async def _get(port: int, path: str) -> tuple[int, bytes]:
 
 async def test_health_server_serves_metrics_liveness_and_readiness() -> None:
     metrics = Metrics()
-    metrics.decisions.labels("block", "acme").inc()
+    metrics.decisions.labels("block", "acme", "sexual_explicit").inc()
     state = HealthState()
     server = HealthServer("127.0.0.1", 0, metrics.registry, state)
     await server.start()
     try:
         status, body = await _get(server.port, "/metrics")
         assert status == 200
-        assert b'modstream_decisions_total{action="block",tenant="acme"} 1.0' in body
+        assert (
+            b'modstream_decisions_total{action="block",category="sexual_explicit",'
+            b'tenant="acme"} 1.0' in body
+        )
         assert (await _get(server.port, "/healthz"))[0] == 200
         status, body = await _get(server.port, "/readyz")
         assert status == 503
