@@ -146,6 +146,7 @@ class Pipeline:
         self._inflight_events = 0
         self._inflight_bytes = 0
         self._paused = False
+        self._event_finished = asyncio.Event()
         self._spec: ModelSpec | None = None
 
     @property
@@ -557,6 +558,7 @@ class Pipeline:
 
     def _finish(self, pending: Pending) -> None:
         pending.ticket.complete()
+        self._event_finished.set()
         self._inflight_events -= 1
         self._inflight_bytes -= pending.size
         self._update_inflight_gauges()
@@ -608,6 +610,19 @@ class Pipeline:
         self._metrics.commits.inc()
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Let work already read from these partitions finish (briefly: the whole group waits
+        # for this) so its outcomes are committed here instead of repeated by the new owner.
+        # Not while stopping: the drain has already finished (or abandoned) that work.
+        grace_s = 0.0 if self._health.stopping else self._flow.revoke_grace_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while any(self._tracker.in_flight_of(tp) for tp in revoked):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._event_finished.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event_finished.wait(), remaining)
         await self._commit(only=revoked)
         self._tracker.forget(revoked)
         for tp in revoked:

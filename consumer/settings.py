@@ -106,6 +106,9 @@ class FlowSettings(_Section):
     max_inflight_events: int = Field(default=1000, ge=1)
     max_inflight_bytes: int = Field(default=256 * MiB, ge=MiB)
     drain_timeout_s: float = Field(default=20.0, ge=0)
+    # On a rebalance, how long in-flight work of revoked partitions may finish and be
+    # committed before they are handed over (the group's rebalance waits this long at most).
+    revoke_grace_s: float = Field(default=5.0, ge=0)
 
 
 class PolicySettings(_Section):

@@ -28,3 +28,11 @@ def test_every_setting_is_documented() -> None:
             if env not in README and f"{short}`" not in README and f"{short} " not in README:
                 missing.append(env)
     assert not missing
+
+
+def test_every_metric_is_documented() -> None:
+    from consumer.metrics import Metrics
+
+    names = {family.name for family in Metrics().registry.collect()}
+    missing = sorted(name for name in names if f"`{name}" not in README)
+    assert not missing, f"add these metrics to the README's metrics table: {missing}"

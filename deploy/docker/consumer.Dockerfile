@@ -1,0 +1,20 @@
+# The modstream consumer. Build from the repository root:
+#   docker build -f deploy/docker/consumer.Dockerfile -t ghcr.io/modstream/consumer:0.1.0 .
+FROM python:3.11.7-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY consumer ./consumer
+# Only the service: no broker, Triton, PyTorch or test extras.
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11.7-slim-bookworm
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MODSTREAM_POLICY__PATH=/etc/modstream/policy/policy.yaml
+COPY --from=build /install /usr/local
+COPY policies/default.yaml /etc/modstream/policy/policy.yaml
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin modstream
+USER 10001:10001
+EXPOSE 9400
+ENTRYPOINT ["modstream"]
+CMD ["run"]

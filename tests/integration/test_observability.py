@@ -1,0 +1,120 @@
+"""The Grafana dashboard and the alert rules against a real Prometheus scraping a real run.
+
+Prometheus scrapes the consumer's /metrics and tritonserver's metrics while events flow; every
+dashboard query must parse and return data, and every alert rule must load and evaluate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumer.local.process import free_port
+from consumer.local.tansu import TansuBroker, ensure_topics
+from consumer.local.triton import TritonServer
+from consumer.samples import photos, standins
+from consumer.settings import MetricsSettings
+from tests.integration.kafka_io import produce_all
+from tests.integration.prometheus import Prometheus
+from tests.integration.test_pipeline import (
+    PARTITIONS,
+    TENANTS,
+    image_event,
+    make_settings,
+    output_topics,
+    running,
+    wait_committed,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+# What Grafana substitutes before a query reaches Prometheus.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$tenant": ".*"}
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads((DEPLOY / "grafana" / "modstream.json").read_text())
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            queries.append((f"{panel['title']} / {target['refId']}", expr))
+    return queries
+
+
+async def test_dashboard_queries_return_data_and_alert_rules_evaluate(
+    broker: TansuBroker, triton: TritonServer, tmp_path: Path
+) -> None:
+    settings = make_settings(broker, triton, max_batch_size=8, max_wait_ms=5)
+    settings = settings.model_copy(
+        update={"metrics": MetricsSettings(host="127.0.0.1", port=free_port())}
+    )
+    kafka = settings.kafka
+    await ensure_topics(
+        kafka.bootstrap_servers,
+        {kafka.input_topic: PARTITIONS, **{t: 1 for t in output_topics(settings)}},
+    )
+    triton_metrics = triton.metrics_url.removeprefix("http://").split("/")[0]
+    prometheus = Prometheus(
+        tmp_path / "prometheus",
+        {
+            "modstream": f"127.0.0.1:{settings.metrics.port}",
+            "triton": triton_metrics,
+        },
+        [DEPLOY / "prometheus" / "alerts.yaml"],
+    )
+    await asyncio.to_thread(prometheus.start)
+    try:
+        samples = [*photos(), *standins()]
+        records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+        for round_ in range(3):
+            for tenant in TENANTS:
+                for sample in samples:
+                    event_id = f"{tenant}-{sample.name}-{round_}"
+                    records.append(
+                        (event_id.encode(), image_event(event_id, tenant, sample.data), [])
+                    )
+        records += [(f"bad-{i}".encode(), b"{not json", []) for i in range(10)]
+        ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
+
+        async with running(settings):
+            await wait_committed(settings, ends, timeout_s=120)
+
+            async def scraped_everything() -> bool:
+                reply = await asyncio.to_thread(
+                    prometheus.api, "query", query="sum(modstream_decisions_total)"
+                )
+                result = reply["data"]["result"]
+                return bool(result) and float(result[0]["value"][1]) >= len(records) - 10
+
+            await wait_for(scraped_everything, timeout_s=30)
+            # A few more scrapes after the last decision, so rates span several samples.
+            await asyncio.sleep(3)
+            empty: list[str] = []
+            for name, expr in _dashboard_queries():
+                reply = await asyncio.to_thread(prometheus.api, "query", query=expr)
+                assert reply["status"] == "success", f"{name}: {expr}: {reply.get('error')}"
+                if not reply["data"]["result"]:
+                    empty.append(f"{name}: {expr}")
+            assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+            rules: list[dict[str, Any]] = [
+                rule
+                for group in (await asyncio.to_thread(prometheus.api, "rules"))["data"]["groups"]
+                for rule in group["rules"]
+            ]
+            assert len(rules) == 7
+            for rule in rules:
+                assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
+                reply = await asyncio.to_thread(prometheus.api, "query", query=rule["query"])
+                assert reply["status"] == "success", rule["name"]
+    finally:
+        await asyncio.to_thread(prometheus.stop)
