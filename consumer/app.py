@@ -40,6 +40,7 @@ from consumer.errors import (
     InvalidEvent,
 )
 from consumer.events import (
+    Action,
     DeadLetter,
     ImageEvent,
     SourceRecord,
@@ -474,7 +475,9 @@ class Pipeline:
         self._metrics.end_to_end_seconds.observe(
             max(0.0, (datetime.now(UTC) - event.created_at).total_seconds())
         )
-        logger.debug(
+        # Blocks and reviews are what operators look for; allows would drown them.
+        logger.log(
+            logging.DEBUG if action is Action.ALLOW else logging.INFO,
             "decided %s, produced to %s",
             action.value,
             routed.topic,
@@ -482,6 +485,7 @@ class Pipeline:
                 "event_id": event.event_id,
                 "tenant": event.tenant_id,
                 "action": action.value,
+                "reason": category,
                 **_record_fields(item.pending.record),
             },
         )

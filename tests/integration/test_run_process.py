@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
+from consumer.samples import standins
 from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.processes import consumer_env
 from tests.integration.test_pipeline import (
@@ -69,6 +71,8 @@ async def test_run_is_configured_from_env_and_drains_on_sigterm(
             )
             for i in range(60)
         ]
+        explicit = next(s for s in standins() if s.name == "explicit-high").data
+        records.append((b"r-block", image_event("r-block", "kids-app", explicit), []))
         ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
         await wait_committed(settings, ends, timeout_s=60)
         process.send_signal(signal.SIGTERM)
@@ -83,7 +87,15 @@ async def test_run_is_configured_from_env_and_drains_on_sigterm(
     assert lines, "logs are JSON lines"
     assert any("draining" in line["msg"] for line in lines)
     assert any(line.get("model") == "nsfw_mobilenet_v2" for line in lines)
-    outcomes = await read_until(kafka.bootstrap_servers, output_topics(settings), 60, timeout_s=20)
+    # A block is an event of interest: one JSON line with where it came from and why.
+    blocked = [line for line in lines if line.get("event_id") == "r-block"]
+    assert len(blocked) == 1, blocked
+    assert blocked[0]["action"] == "block"
+    assert blocked[0]["reason"] == "sexual_explicit"
+    assert blocked[0]["tenant"] == "kids-app"
+    assert {"topic", "partition", "offset"} <= set(blocked[0])
+    assert base64.b64encode(explicit[:30]).decode()[:20] not in stderr, "image bytes in logs"
+    outcomes = await read_until(kafka.bootstrap_servers, output_topics(settings), 61, timeout_s=20)
     assert {m.key for m in outcomes} == {key for key, _, _ in records}
 
 
