@@ -150,6 +150,16 @@ class Pipeline:
         self._event_finished = asyncio.Event()
         self._spec: ModelSpec | None = None
 
+    def model_categories(self) -> tuple[str, ...] | None:
+        """The served model's categories, or None before the pipeline connected to Triton."""
+        return self._spec.class_names if self._spec is not None else None
+
+    def replace_policies(self, policies: PolicySet) -> None:
+        """Decide every event from now on with ``policies`` (already validated)."""
+        self._policies = policies
+        self._tenant_labels.pin(policies.tenants)
+        self._metrics.policy_info.info({"version": policies.version})
+
     @property
     def spec(self) -> ModelSpec:
         if self._spec is None:
@@ -460,7 +470,7 @@ class Pipeline:
             ("content-type", b"application/json"),
             (HEADER_PREFIX + "schema", b"decision/" + routed.decision.schema_version.encode()),
             (HEADER_PREFIX + "action", action.value.encode()),
-            (HEADER_PREFIX + "policy-version", self._policies.version.encode()),
+            (HEADER_PREFIX + "policy-version", routed.decision.policy_version.encode()),
         ]
         await self._sink.deliver(
             routed.topic,

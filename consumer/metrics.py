@@ -124,5 +124,11 @@ class Metrics:
         self.commits = Counter(
             "modstream_commits_total", "Offset commits acknowledged by the broker.", registry=r
         )
+        self.policy_reloads = Counter(
+            "modstream_policy_reloads_total",
+            "Changes of the policy file seen, by result (applied, rejected).",
+            ["result"],
+            registry=r,
+        )
         self.model_info = Info("modstream_model", "The model the consumer serves.", registry=r)
         self.policy_info = Info("modstream_policy", "The policy in force.", registry=r)

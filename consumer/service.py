@@ -13,6 +13,7 @@ from consumer.inference import TritonClassifier
 from consumer.kafka_clients import build_consumer, build_producer, start_producer
 from consumer.metrics import Metrics
 from consumer.policy import TopicRoutes, load_policy
+from consumer.policy_watch import PolicyWatcher
 from consumer.settings import Settings, TopicSettings
 from consumer.sink import Sink
 
@@ -35,7 +36,8 @@ async def serve(
     Raises PolicyError, ModelMismatch or InferenceUnavailable before consuming anything when
     the configuration cannot work.
     """
-    policies = load_policy(settings.policy.path, topic_routes(settings.topics))
+    routes = topic_routes(settings.topics)
+    policies = load_policy(settings.policy.path, routes)
     metrics = metrics or Metrics()
     health = HealthState()
     server = HealthServer(settings.metrics.host, settings.metrics.port, metrics.registry, health)
@@ -69,7 +71,22 @@ async def serve(
             max_tenant_labels=settings.metrics.max_tenant_labels,
             health=health,
         )
-        await pipeline.run(stop)
+        watcher = PolicyWatcher(
+            settings.policy.path,
+            routes,
+            categories=pipeline.model_categories,
+            apply=pipeline.replace_policies,
+            metrics=metrics,
+            initial_text=settings.policy.path.read_text(encoding="utf-8"),
+        )
+        interval_s = settings.policy.reload_interval_s
+        watching = asyncio.create_task(watcher.run(interval_s)) if interval_s > 0 else None
+        try:
+            await pipeline.run(stop)
+        finally:
+            if watching is not None:
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
     finally:
         # The producer flushes on stop: every decision already handed to it gets delivered.
         await producer.stop()

@@ -113,6 +113,8 @@ class FlowSettings(_Section):
 
 class PolicySettings(_Section):
     path: Path = Path("policies/default.yaml")
+    # How often the file is checked for changes; 0 turns hot reload off.
+    reload_interval_s: float = Field(default=5.0, ge=0)
 
 
 class MetricsSettings(_Section):

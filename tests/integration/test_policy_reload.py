@@ -1,0 +1,110 @@
+"""A policy file changed while events flow: later events follow the new policy and name it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from consumer.events import Action, Decision
+from consumer.local.tansu import TansuBroker, ensure_topics
+from consumer.local.triton import TritonServer
+from consumer.metrics import Metrics
+from consumer.policy import load_policy
+from consumer.samples import standins
+from consumer.service import serve, topic_routes
+from consumer.settings import PolicySettings
+from tests.integration.kafka_io import produce_all, read_until
+from tests.integration.test_pipeline import (
+    PARTITIONS,
+    image_event,
+    make_settings,
+    output_topics,
+    wait_committed,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+LENIENT = "default:\n  thresholds:\n    sexual_explicit: {review: 0.40, block: 0.80}\n"
+STRICT = "default:\n  thresholds:\n    sexual_explicit: {review: 0.40, block: 0.50}\n"
+
+
+def _write(path: Path, text: str) -> None:
+    # Replace, as a ConfigMap update does, so a reader never sees a half-written file.
+    staging = path.with_suffix(".tmp")
+    staging.write_text(text)
+    staging.replace(path)
+
+
+async def test_policy_change_applies_to_later_events_and_a_bad_one_is_refused(
+    broker: TansuBroker, triton: TritonServer, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    _write(policy, LENIENT)
+    settings = make_settings(broker, triton, max_batch_size=8, max_wait_ms=5)
+    settings = settings.model_copy(
+        update={"policy": PolicySettings(path=policy, reload_interval_s=0.2)}
+    )
+    kafka = settings.kafka
+    outputs = output_topics(settings)
+    await ensure_topics(
+        kafka.bootstrap_servers, {kafka.input_topic: PARTITIONS, **{t: 1 for t in outputs}}
+    )
+    # Scores sexual_explicit 0.509: review under the lenient policy, block under the strict.
+    image = next(s for s in standins() if s.name == "explicit-mid").data
+    lenient_version = load_policy(policy, topic_routes(settings.topics)).version
+    metrics = Metrics()
+
+    def reloads(result: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "modstream_policy_reloads_total", {"result": result}
+        )
+        return value or 0.0
+
+    async def publish(prefix: str) -> None:
+        records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
+            (f"{prefix}-{i}".encode(), image_event(f"{prefix}-{i}", "acme", image), [])
+            for i in range(10)
+        ]
+        ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
+        await wait_committed(settings, ends, timeout_s=60)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop, metrics=metrics))
+    try:
+        await publish("before")
+        await asyncio.to_thread(_write, policy, STRICT)
+
+        async def applied() -> bool:
+            return reloads("applied") == 1
+
+        await wait_for(applied, timeout_s=10)
+        await publish("after")
+        await asyncio.to_thread(_write, policy, "default:\n  thresholds: [broken\n")
+
+        async def refused() -> bool:
+            return reloads("rejected") == 1
+
+        await wait_for(refused, timeout_s=10)
+        await publish("refused")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+
+    strict_file = tmp_path / "strict.yaml"
+    strict_file.write_text(STRICT)
+    strict_version = load_policy(strict_file, topic_routes(settings.topics))
+    messages = await read_until(kafka.bootstrap_servers, outputs, 30, timeout_s=20)
+    decisions = [Decision.model_validate_json(m.value or b"") for m in messages]
+    assert len(decisions) == 30
+    for decision in decisions:
+        if decision.event_id.startswith("before"):
+            assert decision.action is Action.REVIEW
+            assert decision.policy_version == lenient_version
+        else:
+            # After the change, and still after the refused update.
+            assert decision.action is Action.BLOCK, decision.event_id
+            assert decision.policy_version == strict_version.version
+    assert lenient_version != strict_version.version
