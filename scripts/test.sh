@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-.venv/bin/ruff check consumer training tests
+.venv/bin/ruff check consumer training tests bench
 .venv/bin/mypy
 .venv/bin/pytest "$@"

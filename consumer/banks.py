@@ -1,0 +1,217 @@
+"""Banks of known-bad exemplars, matched by PDQ hash and by embedding.
+
+A bank belongs to one tenant (or to every tenant: ``"*"``) and says what a match does
+(``block`` or ``review``). Each entry keeps the PDQ hash of the image (256 bits, Meta's
+perceptual hash; Hamming distance ≤ 31 is a confident match) and its embedding from the
+served model version (L2-normalised; cosine similarity near 1 is a near-duplicate).
+
+Storage is a folder per bank: ``bank.json`` (what it is), ``entries.jsonl`` (one entry per
+line), ``pdq.npy`` (uint8 [N, 32]) and ``embeddings.npy`` (float32 [N, D]). Files, not a
+topic: a bank is reference data that changes by deliberate edits, is reviewed and versioned
+with the deployment and mounted read-only into consumers; a save writes a new folder and
+swaps it in by rename, so a reader never sees half a bank.
+
+Lookup is exact: a Hamming scan over packed hashes and one matrix-vector product over the
+embeddings (see ``bench/results/bank_lookup.json`` for its cost at 10k-1M entries).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from consumer.errors import ModstreamError
+
+PDQ_BYTES = 32
+ALL_TENANTS = "*"
+_POPCOUNT = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
+
+
+class BankError(ModstreamError):
+    """A bank that cannot be read or changed as asked; the message says what to fix."""
+
+
+class BankModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: str
+    embedding_dim: int = Field(ge=1)
+
+
+class BankFile(BaseModel):
+    """``bank.json``, validated at the edge."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bank_id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    tenant: str = Field(min_length=1, max_length=128)
+    action: Literal["block", "review"] = "block"
+    model: BankModel
+
+
+@dataclass(frozen=True)
+class BankEntry:
+    entry_id: str
+    label: str
+    added_at: str
+    source: str
+    pdq_quality: int
+
+
+@dataclass(frozen=True)
+class Match:
+    bank_id: str
+    entry_id: str
+    label: str
+    action: str
+    by: Literal["pdq", "embedding"]
+    distance: float
+    """Hamming distance for PDQ, 1 - cosine similarity for embeddings."""
+
+
+class Bank:
+    def __init__(
+        self,
+        meta: BankFile,
+        entries: list[BankEntry],
+        pdq: npt.NDArray[np.uint8],
+        embeddings: npt.NDArray[np.float32],
+    ) -> None:
+        if not len(entries) == len(pdq) == len(embeddings):
+            raise BankError(
+                f"bank {meta.bank_id}: {len(entries)} entries, {len(pdq)} hashes and "
+                f"{len(embeddings)} embeddings; rebuild it with `modstream bank add`"
+            )
+        self.meta = meta
+        self.entries = entries
+        self.pdq = pdq
+        self.embeddings = embeddings
+
+    @classmethod
+    def empty(cls, meta: BankFile) -> Bank:
+        return cls(
+            meta,
+            [],
+            np.zeros((0, PDQ_BYTES), dtype=np.uint8),
+            np.zeros((0, meta.model.embedding_dim), dtype=np.float32),
+        )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def applies_to(self, tenant_id: str) -> bool:
+        return self.meta.tenant in (ALL_TENANTS, tenant_id)
+
+    # ── lookup ─────────────────────────────────────────────────────────────────────────────
+
+    def nearest_pdq(self, pdq: bytes) -> tuple[int, int] | None:
+        """(index, Hamming distance) of the closest hash, or None for an empty bank."""
+        if not self.entries:
+            return None
+        query = np.frombuffer(pdq, dtype=np.uint8)
+        distances = _POPCOUNT[np.bitwise_xor(self.pdq, query)].sum(axis=1, dtype=np.int32)
+        index = int(np.argmin(distances))
+        return index, int(distances[index])
+
+    def nearest_embedding(self, embedding: npt.NDArray[np.float32]) -> tuple[int, float] | None:
+        """(index, cosine similarity) of the closest entry, or None for an empty bank."""
+        if not self.entries:
+            return None
+        similarities = self.embeddings @ unit(embedding)
+        index = int(np.argmax(similarities))
+        return index, float(similarities[index])
+
+    # ── changes ────────────────────────────────────────────────────────────────────────────
+
+    def add(self, entry: BankEntry, pdq: bytes, embedding: npt.NDArray[np.float32]) -> None:
+        if any(existing.entry_id == entry.entry_id for existing in self.entries):
+            raise BankError(f"bank {self.meta.bank_id} already has an entry {entry.entry_id!r}")
+        if len(pdq) != PDQ_BYTES:
+            raise BankError(f"a PDQ hash is {PDQ_BYTES} bytes, not {len(pdq)}")
+        if embedding.shape != (self.meta.model.embedding_dim,):
+            raise BankError(
+                f"embedding has shape {embedding.shape}; bank {self.meta.bank_id} holds "
+                f"{self.meta.model.embedding_dim}-d embeddings of {self.meta.model.name}"
+            )
+        self.entries.append(entry)
+        self.pdq = np.vstack([self.pdq, np.frombuffer(pdq, dtype=np.uint8)[None]])
+        self.embeddings = np.vstack([self.embeddings, unit(embedding)[None]])
+
+    def remove(self, entry_id: str) -> None:
+        keep = [i for i, entry in enumerate(self.entries) if entry.entry_id != entry_id]
+        if len(keep) == len(self.entries):
+            raise BankError(f"bank {self.meta.bank_id} has no entry {entry_id!r}")
+        self.entries = [self.entries[i] for i in keep]
+        self.pdq = self.pdq[keep]
+        self.embeddings = self.embeddings[keep]
+
+    # ── storage ────────────────────────────────────────────────────────────────────────────
+
+    @classmethod
+    def load(cls, folder: Path) -> Bank:
+        try:
+            meta = BankFile.model_validate_json((folder / "bank.json").read_text())
+            lines = (folder / "entries.jsonl").read_text().splitlines()
+            entries = [BankEntry(**json.loads(line)) for line in lines if line.strip()]
+            pdq = np.load(folder / "pdq.npy", allow_pickle=False)
+            embeddings = np.load(folder / "embeddings.npy", allow_pickle=False)
+        except OSError as exc:
+            raise BankError(f"cannot read bank {folder}: {exc}") from exc
+        except (ValidationError, ValueError, TypeError) as exc:
+            raise BankError(f"bank {folder} is not valid: {exc}") from exc
+        if pdq.dtype != np.uint8 or pdq.ndim != 2 or pdq.shape[1] != PDQ_BYTES:
+            raise BankError(
+                f"{folder / 'pdq.npy'}: expected uint8 [N, 32], got {pdq.dtype} {pdq.shape}"
+            )
+        if embeddings.ndim != 2 or embeddings.shape[1] != meta.model.embedding_dim:
+            raise BankError(
+                f"{folder / 'embeddings.npy'}: expected [N, {meta.model.embedding_dim}], "
+                f"got {embeddings.shape}"
+            )
+        return cls(meta, entries, pdq, embeddings.astype(np.float32, copy=False))
+
+    def save(self, folder: Path) -> None:
+        """Write the bank to ``folder``, replacing what was there in one rename."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            (staging / "bank.json").write_text(self.meta.model_dump_json(indent=2) + "\n")
+            (staging / "entries.jsonl").write_text(
+                "".join(json.dumps(asdict(entry)) + "\n" for entry in self.entries)
+            )
+            np.save(staging / "pdq.npy", self.pdq)
+            np.save(staging / "embeddings.npy", self.embeddings)
+            os.chmod(staging, 0o755)
+            previous = folder.parent / f".{folder.name}.previous"
+            if folder.exists():
+                shutil.rmtree(previous, ignore_errors=True)
+                folder.rename(previous)
+            staging.rename(folder)
+            shutil.rmtree(previous, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    norm = float(np.linalg.norm(vector))
+    result: npt.NDArray[np.float32] = (vector / norm if norm > 0 else vector).astype(np.float32)
+    return result
+
+
+def pdq_hash(pixels: npt.NDArray[np.uint8]) -> tuple[bytes, int]:
+    """PDQ hash (32 bytes, big-endian bit order) and quality (0-100) of RGB pixels."""
+    import pdqhash
+
+    bits, quality = pdqhash.compute(np.ascontiguousarray(pixels))
+    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes(), int(quality)
