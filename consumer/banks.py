@@ -18,9 +18,6 @@ embeddings (see ``bench/results/bank_lookup.json`` for its cost at 10k-1M entrie
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +27,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consumer.errors import ModstreamError
+from consumer.folders import replace_folder
 
 PDQ_BYTES = 32
 ALL_TENANTS = "*"
@@ -182,25 +180,16 @@ class Bank:
 
     def save(self, folder: Path) -> None:
         """Write the bank to ``folder``, replacing what was there in one rename."""
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
+
+        def fill(staging: Path) -> None:
             (staging / "bank.json").write_text(self.meta.model_dump_json(indent=2) + "\n")
             (staging / "entries.jsonl").write_text(
                 "".join(json.dumps(asdict(entry)) + "\n" for entry in self.entries)
             )
             np.save(staging / "pdq.npy", self.pdq)
             np.save(staging / "embeddings.npy", self.embeddings)
-            os.chmod(staging, 0o755)
-            previous = folder.parent / f".{folder.name}.previous"
-            if folder.exists():
-                shutil.rmtree(previous, ignore_errors=True)
-                folder.rename(previous)
-            staging.rename(folder)
-            shutil.rmtree(previous, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+
+        replace_folder(folder, fill)
 
 
 def unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

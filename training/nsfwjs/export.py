@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 
+from consumer.folders import replace_folder
 from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
 from training.nsfwjs.errors import ImportFailed
 from training.nsfwjs.models import MODELS, NsfwModel, PretrainedConfig, load
@@ -182,26 +180,19 @@ def export_to_repository(model: NsfwModel, repo: Path) -> ExportReport:
     cfg = model.cfg
     target = repo / triton_name(cfg.name)
     repo.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=repo))
-    try:
+
+    def fill(staging: Path) -> tuple[float, float]:
         (staging / "1").mkdir()
         onnx_path = staging / "1" / "model.onnx"
         export_onnx(model, onnx_path)
-        probs_diff, embedding_diff = check_parity(model, onnx_path)
+        diffs = check_parity(model, onnx_path)
         (staging / "config.pbtxt").write_text(triton_config(cfg))
         (staging / "labels.txt").write_text(
             "\n".join(CATEGORIES[name] for name in cfg.class_names) + "\n"
         )
-        os.chmod(staging, 0o755)
-        previous = repo / f".{target.name}.previous"
-        if target.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            target.rename(previous)
-        staging.rename(target)
-        shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        return diffs
+
+    probs_diff, embedding_diff = replace_folder(target, fill)
     return ExportReport(
         name=cfg.name,
         triton_name=target.name,
