@@ -30,6 +30,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
+from consumer.banks import BankSet, pdq_hash
 from consumer.batcher import MicroBatcher
 from consumer.breaker import BreakerState, CircuitBreaker
 from consumer.decisions import StageTimes, decide_event
@@ -84,6 +85,17 @@ class Prepared:
     event: ImageEvent
     image: DecodedImage
     batched_at: float
+    pdq: bytes | None = None
+    """PDQ hash of the first frame, when banks are consulted and the image could be hashed."""
+
+
+@dataclass(frozen=True)
+class Inferred:
+    probs: npt.NDArray[np.float32]
+    """Per category, the highest over the sampled frames."""
+    embedding: npt.NDArray[np.float32]
+    """Of the first frame."""
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -115,8 +127,10 @@ class Pipeline:
         metrics: Metrics,
         max_tenant_labels: int,
         health: HealthState,
+        banks: BankSet | None = None,
     ) -> None:
         self._consumer = consumer
+        self._banks = banks if banks is not None else BankSet([])
         self._sink = sink
         self._classifier = classifier
         self._fetcher = fetcher
@@ -182,6 +196,14 @@ class Pipeline:
             await self._consumer.stop()
             raise
         self._metrics.model_info.info({"name": self._spec.name, "version": self._spec.version})
+        for bank_id in self._banks.use_model(self._spec.name, self._spec.version):
+            logger.warning(
+                "bank %s was built with another model version: matched by PDQ only; rebuild "
+                "its embeddings with `modstream bank add` against %s version %s",
+                bank_id,
+                self._spec.name,
+                self._spec.version,
+            )
         self._metrics.policy_info.info({"version": self._policies.version})
         self._health.triton_ok = True
 
@@ -347,7 +369,10 @@ class Pipeline:
             await self._dead_letter(pending, rejected, event)
             return
         self._metrics.decode_seconds.observe(time.perf_counter() - started)
-        self._batcher.put(Prepared(pending, event, image, time.perf_counter()))
+        pdq = (
+            await loop.run_in_executor(self._executor, _pdq_or_none, image) if self._banks else None
+        )
+        self._batcher.put(Prepared(pending, event, image, time.perf_counter(), pdq))
 
     # ── batch, infer, decide, produce ──────────────────────────────────────────────────────
 
@@ -373,14 +398,13 @@ class Pipeline:
                 rejected = EventRejected("inference_rejected", str(outcome))
                 deliveries.append(self._dead_letter(item.pending, rejected, item.event))
             else:
-                probs, seconds = outcome
                 wait_s = dispatched_at - item.batched_at
-                deliveries.append(self._decide(item, probs, wait_s, seconds))
+                deliveries.append(self._decide(item, outcome, wait_s))
         await asyncio.gather(*deliveries)
 
     async def _classify(
         self, batch: list[Prepared]
-    ) -> list[tuple[Prepared, tuple[npt.NDArray[np.float32], float] | InferenceRejected]]:
+    ) -> list[tuple[Prepared, Inferred | InferenceRejected]]:
         """Infer a batch, retrying outages; a rejected batch is split to isolate the bad event.
 
         Every sampled frame of an animated image is classified; the image scores, per
@@ -389,7 +413,7 @@ class Pipeline:
         counts = [len(item.image.frames) for item in batch]
         rows = np.concatenate([item.image.frames for item in batch])
         try:
-            probs, seconds = await self._infer_rows(rows)
+            probs, embeddings, seconds = await self._infer_rows(rows)
         except InferenceRejected as exc:
             if len(batch) == 1:
                 return [(batch[0], exc)]
@@ -398,26 +422,26 @@ class Pipeline:
                 *await self._classify(batch[:middle]),
                 *await self._classify(batch[middle:]),
             ]
-        outcomes: list[
-            tuple[Prepared, tuple[npt.NDArray[np.float32], float] | InferenceRejected]
-        ] = []
+        outcomes: list[tuple[Prepared, Inferred | InferenceRejected]] = []
         start = 0
         for item, count in zip(batch, counts, strict=True):
-            outcomes.append((item, (probs[start : start + count].max(axis=0), seconds)))
+            worst = probs[start : start + count].max(axis=0)
+            outcomes.append((item, Inferred(worst, embeddings[start], seconds)))
             start += count
         return outcomes
 
     async def _infer_rows(
         self, rows: npt.NDArray[np.uint8]
-    ) -> tuple[npt.NDArray[np.float32], float]:
-        """Probabilities for every row, in requests no larger than the batch size."""
-        parts = []
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], float]:
+        """Probabilities and embeddings of every row, in requests no larger than the batch."""
+        probs, embeddings = [], []
         seconds = 0.0
         for start in range(0, len(rows), self._max_batch_size):
             result = await self._infer_request(rows[start : start + self._max_batch_size])
-            parts.append(result.probs)
+            probs.append(result.probs)
+            embeddings.append(result.embeddings)
             seconds += result.seconds
-        return np.concatenate(parts), seconds
+        return np.concatenate(probs), np.concatenate(embeddings), seconds
 
     async def _infer_request(self, pixels: npt.NDArray[np.uint8]) -> BatchResult:
         """One Triton request, retried through outages; InferenceRejected is raised as is."""
@@ -445,24 +469,36 @@ class Pipeline:
             self._metrics.inference_seconds.observe(result.seconds)
             return result
 
-    async def _decide(
-        self,
-        item: Prepared,
-        probs: npt.NDArray[np.float32],
-        batch_wait_s: float,
-        inference_s: float,
-    ) -> None:
+    async def _decide(self, item: Prepared, inferred: Inferred, batch_wait_s: float) -> None:
         event = item.event
         times = StageTimes(
             consumed_at=item.pending.consumed_at,
             decode_s=item.image.decode_seconds,
             batch_wait_s=batch_wait_s,
-            inference_s=inference_s,
+            inference_s=inferred.seconds,
         )
         if self._revoked_meanwhile(item.pending):
             return
+        exemplar = None
+        if self._banks:
+            limits = self._policies.rules_for(event.tenant_id).exemplars
+            exemplar = self._banks.match(
+                event.tenant_id,
+                item.pdq,
+                inferred.embedding,
+                limits.max_pdq_distance,
+                limits.min_similarity,
+            )
+            if exemplar is not None:
+                self._metrics.exemplar_matches.labels(exemplar.bank_id, exemplar.by).inc()
         routed = decide_event(
-            event, probs, self.spec, self._policies, times, decided_at=datetime.now(UTC)
+            event,
+            inferred.probs,
+            self.spec,
+            self._policies,
+            times,
+            decided_at=datetime.now(UTC),
+            exemplar=exemplar,
         )
         action = routed.decision.action
         headers = [
@@ -683,6 +719,17 @@ def parse_event(value: bytes | None) -> ImageEvent:
 
 def _decode_inline(text: str, size: int, limits: ImageLimits) -> DecodedImage:
     return decode_image(decode_base64(text, limits), size, limits)
+
+
+def _pdq_or_none(image: DecodedImage) -> bytes | None:
+    """An image that cannot be hashed is still decided by the other rules."""
+    try:
+        return pdq_hash(image.pixels)[0]
+    except Exception:
+        logger.warning(
+            "could not compute the PDQ hash; bank matching by embedding only", exc_info=True
+        )
+        return None
 
 
 def _carry_headers(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, bytes]]:

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from consumer.errors import ModstreamError
+from consumer.errors import ConfigError
 from consumer.folders import replace_folder
 
 PDQ_BYTES = 32
@@ -34,7 +34,7 @@ ALL_TENANTS = "*"
 _POPCOUNT = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
 
 
-class BankError(ModstreamError):
+class BankError(ConfigError):
     """A bank that cannot be read or changed as asked; the message says what to fix."""
 
 
@@ -190,6 +190,76 @@ class Bank:
             np.save(staging / "embeddings.npy", self.embeddings)
 
         replace_folder(folder, fill)
+
+
+class BankSet:
+    """Every bank the consumer consults, matched per tenant.
+
+    Embeddings are compared only for banks built with the model version being served; a
+    bank built with another version is matched by PDQ alone (and says so at startup).
+    """
+
+    def __init__(self, banks: list[Bank]) -> None:
+        self.banks = banks
+        self._embedding_banks: set[str] = {bank.meta.bank_id for bank in banks}
+
+    @classmethod
+    def load(cls, folder: Path | None) -> BankSet:
+        """Every bank under ``folder`` (one sub-folder each); none when ``folder`` is None."""
+        if folder is None:
+            return cls([])
+        if not folder.is_dir():
+            raise BankError(f"bank folder {folder} does not exist; create it or unset it")
+        banks = [
+            Bank.load(child)
+            for child in sorted(folder.iterdir())
+            if (child / "bank.json").is_file()
+        ]
+        return cls(banks)
+
+    def __bool__(self) -> bool:
+        return bool(self.banks)
+
+    def use_model(self, name: str, version: str) -> list[str]:
+        """Restrict embedding matches to banks of this model; return the bank ids left out."""
+        left_out = [
+            bank.meta.bank_id
+            for bank in self.banks
+            if (bank.meta.model.name, bank.meta.model.version) != (name, version)
+        ]
+        self._embedding_banks = {bank.meta.bank_id for bank in self.banks} - set(left_out)
+        return left_out
+
+    def match(
+        self,
+        tenant_id: str,
+        pdq: bytes | None,
+        embedding: npt.NDArray[np.float32] | None,
+        max_pdq_distance: int | None,
+        min_similarity: float | None,
+    ) -> Match | None:
+        """The most severe, then closest, match among the tenant's banks, if any."""
+        found: list[Match] = []
+        for bank in self.banks:
+            if not bank.applies_to(tenant_id):
+                continue
+            if pdq is not None and max_pdq_distance is not None:
+                nearest = bank.nearest_pdq(pdq)
+                if nearest is not None and nearest[1] <= max_pdq_distance:
+                    found.append(_match(bank, nearest[0], "pdq", float(nearest[1])))
+            usable = bank.meta.bank_id in self._embedding_banks
+            if embedding is not None and min_similarity is not None and usable:
+                closest = bank.nearest_embedding(embedding)
+                if closest is not None and closest[1] >= min_similarity:
+                    found.append(_match(bank, closest[0], "embedding", 1.0 - closest[1]))
+        if not found:
+            return None
+        return min(found, key=lambda m: (m.action != "block", m.distance))
+
+
+def _match(bank: Bank, index: int, by: Literal["pdq", "embedding"], distance: float) -> Match:
+    entry = bank.entries[index]
+    return Match(bank.meta.bank_id, entry.entry_id, entry.label, bank.meta.action, by, distance)
 
 
 def unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

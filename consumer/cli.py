@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from consumer import bank_cli
 from consumer.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -95,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated categories the model produces; unknown ones are refused",
     )
     check.set_defaults(handler=_policy_check)
+
+    bank_cli.add_parser(commands)
 
     schema = commands.add_parser("schema", help="write the JSON Schemas of the contract")
     schema.add_argument("--out", type=Path, default=Path("schemas"))

@@ -8,9 +8,10 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from consumer.events import Decision, ImageEvent, ModelRef, Timings
+from consumer.banks import Match
+from consumer.events import Action, Decision, ImageEvent, ModelRef, Reason, Timings
 from consumer.inference import ModelSpec
-from consumer.policy import PolicySet
+from consumer.policy import ExemplarSpec, PolicySet
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class Routed:
     topic: str
 
 
+EXEMPLAR_RULE = "exemplar_match"
+
+
 def decide_event(
     event: ImageEvent,
     probs: npt.NDArray[np.float32],
@@ -36,16 +40,25 @@ def decide_event(
     policies: PolicySet,
     times: StageTimes,
     decided_at: datetime,
+    exemplar: Match | None = None,
 ) -> Routed:
-    """Score, apply the tenant's policy and pick the topic of the resulting action."""
+    """Score, apply the tenant's policy and pick the topic of the resulting action.
+
+    A bank match is one more rule: the most severe of it and the thresholds decides.
+    """
     scores = {name: round(float(p), 6) for name, p in zip(spec.class_names, probs, strict=True)}
     verdict = policies.decide(event.tenant_id, scores)
+    reasons = list(verdict.reasons)
+    if exemplar is not None:
+        reasons.append(exemplar_reason(exemplar, policies.rules_for(event.tenant_id).exemplars))
+        reasons.sort(key=lambda r: -r.action.severity)
+    action = reasons[0].action if reasons else Action.ALLOW
     decision = Decision(
         event_id=event.event_id,
         tenant_id=event.tenant_id,
-        action=verdict.action,
+        action=action,
         scores=scores,
-        reasons=list(verdict.reasons),
+        reasons=reasons,
         model=ModelRef(name=spec.name, version=spec.version),
         policy_version=policies.version,
         timings=Timings(
@@ -58,8 +71,25 @@ def decide_event(
         decided_at=decided_at,
         metadata=dict(event.metadata),
     )
-    topic = policies.rules_for(event.tenant_id).topics.for_action(verdict.action)
+    topic = policies.rules_for(event.tenant_id).topics.for_action(action)
     return Routed(decision, topic)
+
+
+def exemplar_reason(match: Match, limits: ExemplarSpec) -> Reason:
+    """The rule that fired: ``score`` is the distance (PDQ bits, or 1 - cosine similarity)."""
+    if match.by == "pdq":
+        threshold = float(limits.max_pdq_distance or 0)
+    else:
+        threshold = round(1.0 - (limits.min_similarity or 0.0), 6)
+    return Reason(
+        rule=EXEMPLAR_RULE,
+        action=Action(match.action),
+        category=match.label,
+        score=round(match.distance, 6),
+        threshold=threshold,
+        bank_id=match.bank_id,
+        entry_id=match.entry_id,
+    )
 
 
 def ms_between(start: datetime, end: datetime) -> float:

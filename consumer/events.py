@@ -91,6 +91,8 @@ class Reason(BaseModel):
     category: str | None = None
     score: float | None = None
     threshold: float | None = None
+    bank_id: str | None = Field(default=None, description="exemplar_match: the bank matched.")
+    entry_id: str | None = Field(default=None, description="exemplar_match: the entry matched.")
 
 
 class ModelRef(BaseModel):

@@ -124,6 +124,12 @@ class Metrics:
         self.commits = Counter(
             "modstream_commits_total", "Offset commits acknowledged by the broker.", registry=r
         )
+        self.exemplar_matches = Counter(
+            "modstream_exemplar_matches_total",
+            "Images that matched a bank entry, by bank and by what matched (pdq, embedding).",
+            ["bank", "by"],
+            registry=r,
+        )
         self.policy_reloads = Counter(
             "modstream_policy_reloads_total",
             "Changes of the policy file seen, by result (applied, rejected).",

@@ -59,11 +59,25 @@ class TopicOverrides(BaseModel):
     block: TopicName | None = None
 
 
+class ExemplarSpec(BaseModel):
+    """How close an image must be to a bank entry to count as that entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # PDQ Hamming distance; 31 is what Meta's Hasher-Matcher-Actioner treats as a match.
+    max_pdq_distance: Annotated[int, Field(ge=0, le=128)] | None = 31
+    min_similarity: Annotated[float, Field(ge=-1.0, le=1.0)] | None = 0.97
+
+
+DEFAULT_EXEMPLARS = ExemplarSpec()
+
+
 class TenantPolicySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     thresholds: dict[str, ThresholdSpec] = Field(default_factory=dict)
     topics: TopicOverrides = TopicOverrides()
+    exemplars: ExemplarSpec | None = None
 
 
 class PolicyFile(BaseModel):
@@ -103,6 +117,7 @@ class TopicRoutes:
 class TenantRules:
     thresholds: Mapping[str, Threshold]
     topics: TopicRoutes
+    exemplars: ExemplarSpec = DEFAULT_EXEMPLARS
 
 
 @dataclass(frozen=True)
@@ -164,16 +179,19 @@ def _reason(action: Action, category: str, score: float, threshold: float) -> Re
 
 def compile_policy(document: PolicyFile, base_topics: TopicRoutes) -> PolicySet:
     """Resolve tenant overrides against the default and the deployment's topics."""
-    default = _compile_one(document.default, {}, base_topics)
+    default = _compile_one(document.default, {}, base_topics, DEFAULT_EXEMPLARS)
     tenants = {
-        tenant: _compile_one(spec, default.thresholds, default.topics)
+        tenant: _compile_one(spec, default.thresholds, default.topics, default.exemplars)
         for tenant, spec in document.tenants.items()
     }
     return PolicySet(version=policy_version(document), default=default, tenants=tenants)
 
 
 def _compile_one(
-    spec: TenantPolicySpec, inherited: Mapping[str, Threshold], topics: TopicRoutes
+    spec: TenantPolicySpec,
+    inherited: Mapping[str, Threshold],
+    topics: TopicRoutes,
+    exemplars: ExemplarSpec,
 ) -> TenantRules:
     thresholds = dict(inherited)
     for category, override in spec.thresholds.items():
@@ -192,7 +210,12 @@ def _compile_one(
         review=spec.topics.review or topics.review,
         block=spec.topics.block or topics.block,
     )
-    return TenantRules(thresholds=thresholds, topics=routes)
+    if spec.exemplars is not None:
+        fields = spec.exemplars.model_fields_set
+        exemplars = exemplars.model_copy(
+            update={name: getattr(spec.exemplars, name) for name in fields}
+        )
+    return TenantRules(thresholds=thresholds, topics=routes, exemplars=exemplars)
 
 
 def policy_version(document: PolicyFile) -> str:

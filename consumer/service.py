@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from consumer.app import Pipeline, PipelineLimits
+from consumer.banks import BankSet
 from consumer.health import HealthServer, HealthState
 from consumer.imaging import ImageFetcher, ImageLimits
 from consumer.inference import TritonClassifier
@@ -38,6 +39,7 @@ async def serve(
     """
     routes = topic_routes(settings.topics)
     policies = load_policy(settings.policy.path, routes)
+    banks = BankSet.load(settings.banks.path)
     metrics = metrics or Metrics()
     health = HealthState()
     server = HealthServer(settings.metrics.host, settings.metrics.port, metrics.registry, health)
@@ -70,6 +72,7 @@ async def serve(
             metrics=metrics,
             max_tenant_labels=settings.metrics.max_tenant_labels,
             health=health,
+            banks=banks,
         )
         watcher = PolicyWatcher(
             settings.policy.path,

@@ -117,6 +117,11 @@ class PolicySettings(_Section):
     reload_interval_s: float = Field(default=5.0, ge=0)
 
 
+class BankSettings(_Section):
+    # Folder of exemplar banks (one sub-folder per bank); unset means no bank is consulted.
+    path: Path | None = None
+
+
 class MetricsSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=9400, ge=0, le=65535)
@@ -142,6 +147,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+    banks: BankSettings = BankSettings()
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> Settings:

@@ -1,6 +1,10 @@
 # The modstream consumer. Build from the repository root:
 #   docker build -f deploy/docker/consumer.Dockerfile -t ghcr.io/modstream/consumer:0.1.0 .
 FROM python:3.11.7-slim-bookworm AS build
+# pdqhash (exemplar banks) builds from source.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY consumer ./consumer

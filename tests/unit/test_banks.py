@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from consumer.banks import Bank, BankEntry, BankError, BankFile, BankModel, pdq_hash
+from consumer.banks import Bank, BankEntry, BankError, BankFile, BankModel, BankSet, pdq_hash
 from consumer.imaging import ImageLimits, decode_image
 from consumer.samples import photos
 
@@ -105,3 +105,80 @@ def test_bad_input_is_refused_with_what_to_fix(tmp_path: Path) -> None:
         Bank.load(folder)
     with pytest.raises(BankError, match="cannot read"):
         Bank.load(tmp_path / "missing")
+
+
+def _bank(bank_id: str, tenant: str, action: str, vectors: list[int]) -> Bank:
+    meta = META.model_copy(update={"bank_id": bank_id, "tenant": tenant, "action": action})
+    bank = Bank.empty(meta)
+    for seed in vectors:
+        pdq = np.random.default_rng(seed).integers(0, 256, 32, dtype=np.uint8).tobytes()
+        bank.add(_entry(f"{bank_id}-{seed}"), pdq, _vector(seed))
+    return bank
+
+
+def _pdq(seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, 32, dtype=np.uint8).tobytes()
+
+
+def test_bank_set_keeps_tenants_apart_and_prefers_block() -> None:
+    banks = BankSet(
+        [
+            _bank("kids", "kids-app", "block", [1]),
+            _bank("shared", "*", "review", [2]),
+        ]
+    )
+    kids = banks.match("kids-app", _pdq(1), None, 31, 0.97)
+    assert kids is not None
+    assert (kids.bank_id, kids.by, kids.distance, kids.action) == ("kids", "pdq", 0.0, "block")
+    assert banks.match("acme", _pdq(1), _vector(1), 31, 0.97) is None
+    shared = banks.match("acme", None, _vector(2), 31, 0.97)
+    assert shared is not None
+    assert (shared.bank_id, shared.by, shared.action) == ("shared", "embedding", "review")
+    both = banks.match("kids-app", _pdq(2), _vector(1), 31, 0.97)
+    assert both is not None
+    assert both.action == "block", "a block match wins over a closer review match"
+
+
+def test_switched_off_limits_and_other_model_versions_do_not_match() -> None:
+    banks = BankSet([_bank("kids", "kids-app", "block", [1])])
+    assert banks.match("kids-app", _pdq(1), _vector(1), None, None) is None
+    assert banks.use_model("nsfw_mobilenet_v2", "2") == ["kids"]
+    assert banks.match("kids-app", None, _vector(1), 31, 0.97) is None
+    assert banks.match("kids-app", _pdq(1), None, 31, 0.97) is not None
+
+
+def test_exemplar_match_decides_with_its_reason() -> None:
+    from datetime import UTC, datetime
+
+    from consumer.banks import Match
+    from consumer.decisions import StageTimes, decide_event
+    from consumer.events import Action, ImageEvent
+    from consumer.inference import ModelSpec
+    from consumer.policy import TopicRoutes, compile_policy, parse_policy
+
+    spec = ModelSpec("m", "1", "image", 224, ("safe", "sexual_explicit"), 8, 32)
+    policy = compile_policy(
+        parse_policy(
+            "default:\n  thresholds:\n    sexual_explicit: {review: 0.4, block: 0.8}\n"
+            "tenants:\n  lenient:\n    exemplars: {max_pdq_distance: 10, min_similarity: null}\n",
+            "test",
+        ),
+        TopicRoutes("allow", "review", "block"),
+    )
+    assert policy.rules_for("lenient").exemplars.max_pdq_distance == 10
+    assert policy.rules_for("lenient").exemplars.min_similarity is None
+    assert policy.rules_for("other").exemplars.max_pdq_distance == 31
+    now = datetime.now(UTC)
+    event = ImageEvent(event_id="e1", tenant_id="kids-app", image_b64="AAAA", created_at=now)
+    times = StageTimes(now, 0.0, 0.0, 0.0)
+    probs = np.array([0.9, 0.1], dtype=np.float32)
+    match = Match("kids", "kids-1", "known-bad", "block", "pdq", 4.0)
+
+    routed = decide_event(event, probs, spec, policy, times, now, exemplar=match)
+
+    assert routed.decision.action is Action.BLOCK
+    assert routed.topic == "block"
+    (reason,) = routed.decision.reasons
+    assert (reason.rule, reason.bank_id, reason.entry_id) == ("exemplar_match", "kids", "kids-1")
+    assert (reason.score, reason.threshold, reason.category) == (4.0, 31.0, "known-bad")
+    assert decide_event(event, probs, spec, policy, times, now).decision.action is Action.ALLOW
