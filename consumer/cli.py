@@ -96,6 +96,17 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated categories the model produces; unknown ones are refused",
     )
     check.set_defaults(handler=_policy_check)
+    simulate = policy_commands.add_parser(
+        "simulate", help="replay scored events under a policy: actions, precision/recall, sweep"
+    )
+    simulate.add_argument("--policy", type=Path, required=True)
+    simulate.add_argument(
+        "--events", type=Path, required=True, help="JSON lines: tenant_id, scores[, label]"
+    )
+    simulate.add_argument("--sweep", help="category whose block threshold to sweep (labels needed)")
+    simulate.add_argument("--plot", type=Path, help="PNG of the sweep (default: no plot)")
+    simulate.add_argument("--json", type=Path, help="also write the results as JSON here")
+    simulate.set_defaults(handler=_policy_simulate)
 
     bank_cli.add_parser(commands)
 
@@ -168,6 +179,40 @@ def _policy_check(args: argparse.Namespace) -> int:
     if args.categories:
         policies.check_categories(c.strip() for c in args.categories.split(","))
     sys.stdout.write(describe(policies) + "\n")
+    return 0
+
+
+def _policy_simulate(args: argparse.Namespace) -> int:
+    from consumer.policy import load_policy
+    from consumer.service import topic_routes
+    from consumer.simulate import (
+        best_f1,
+        plot_sweep,
+        read_events,
+        simulate,
+        sweep_block,
+        write_json,
+    )
+
+    settings = Settings()
+    policies = load_policy(args.policy, topic_routes(settings.topics))
+    events = read_events(args.events)
+    result = simulate(policies, events)
+    sys.stdout.write(f"policy {policies.version}, {len(events)} events\n\n{result.render()}\n")
+    points = None
+    if args.sweep:
+        points = sweep_block(policies, events, args.sweep)
+        best = best_f1(points)
+        if best is not None and best.precision is not None and best.recall is not None:
+            sys.stdout.write(
+                f"\nblock threshold on {args.sweep} with the best F1: {best.threshold:.2f} "
+                f"(precision {best.precision:.1%}, recall {best.recall:.1%})\n"
+            )
+        if args.plot:
+            plot_sweep(points, args.sweep, args.plot)
+            sys.stdout.write(f"wrote {args.plot}\n")
+    if args.json:
+        write_json(result, points, args.json)
     return 0
 
 
