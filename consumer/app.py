@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +39,7 @@ from consumer.errors import (
     InferenceRejected,
     InferenceUnavailable,
     InvalidEvent,
+    ModelMismatch,
 )
 from consumer.events import (
     Action,
@@ -96,6 +97,8 @@ class Inferred:
     embedding: npt.NDArray[np.float32]
     """Of the first frame."""
     seconds: float
+    pool_entropy: float | None = None
+    """Entropy of the pool's mean prediction, highest over the frames; None without a pool."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,9 @@ class Pipeline:
         max_tenant_labels: int,
         health: HealthState,
         banks: BankSet | None = None,
+        pool: Sequence[TritonClassifier] = (),
     ) -> None:
+        self._pool = list(pool)
         self._consumer = consumer
         self._banks = banks if banks is not None else BankSet([])
         self._sink = sink
@@ -191,6 +196,8 @@ class Pipeline:
         try:
             self._spec = await self._classifier.connect(self._max_batch_size)
             self._policies.check_categories(self._spec.class_names)
+            for member in self._pool:
+                _check_pool_member(self._spec, await member.connect(self._max_batch_size))
         except BaseException:
             # Refusing to start must still release the consumer's client resources.
             await self._consumer.stop()
@@ -413,7 +420,7 @@ class Pipeline:
         counts = [len(item.image.frames) for item in batch]
         rows = np.concatenate([item.image.frames for item in batch])
         try:
-            probs, embeddings, seconds = await self._infer_rows(rows)
+            probs, embeddings, entropies, seconds = await self._infer_rows(rows)
         except InferenceRejected as exc:
             if len(batch) == 1:
                 return [(batch[0], exc)]
@@ -426,30 +433,48 @@ class Pipeline:
         start = 0
         for item, count in zip(batch, counts, strict=True):
             worst = probs[start : start + count].max(axis=0)
-            outcomes.append((item, Inferred(worst, embeddings[start], seconds)))
+            entropy = (
+                float(entropies[start : start + count].max()) if entropies is not None else None
+            )
+            outcomes.append((item, Inferred(worst, embeddings[start], seconds, entropy)))
             start += count
         return outcomes
 
     async def _infer_rows(
         self, rows: npt.NDArray[np.uint8]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], float]:
-        """Probabilities and embeddings of every row, in requests no larger than the batch."""
-        probs, embeddings = [], []
+    ) -> tuple[
+        npt.NDArray[np.float32],
+        npt.NDArray[np.float32],
+        npt.NDArray[np.float32] | None,
+        float,
+    ]:
+        """Probabilities and embeddings of every row, in requests no larger than the batch,
+        and with a pool the entropy of the models' mean prediction per row."""
+        probs, embeddings, entropies = [], [], []
         seconds = 0.0
         for start in range(0, len(rows), self._max_batch_size):
-            result = await self._infer_request(rows[start : start + self._max_batch_size])
-            probs.append(result.probs)
-            embeddings.append(result.embeddings)
-            seconds += result.seconds
-        return np.concatenate(probs), np.concatenate(embeddings), seconds
+            chunk = rows[start : start + self._max_batch_size]
+            results = await asyncio.gather(
+                self._infer_request(chunk, self._classifier),
+                *(self._infer_request(chunk, member) for member in self._pool),
+            )
+            probs.append(results[0].probs)
+            embeddings.append(results[0].embeddings)
+            if self._pool:
+                entropies.append(_entropy(np.mean([r.probs for r in results], axis=0)))
+            seconds += max(r.seconds for r in results)
+        pool_entropies = np.concatenate(entropies) if entropies else None
+        return np.concatenate(probs), np.concatenate(embeddings), pool_entropies, seconds
 
-    async def _infer_request(self, pixels: npt.NDArray[np.uint8]) -> BatchResult:
+    async def _infer_request(
+        self, pixels: npt.NDArray[np.uint8], classifier: TritonClassifier
+    ) -> BatchResult:
         """One Triton request, retried through outages; InferenceRejected is raised as is."""
         backoff = self._triton.retry_initial_backoff_s
         while True:
             await self._breaker.acquire()
             try:
-                result = await self._classifier.classify(pixels)
+                result = await classifier.classify(pixels)
             except InferenceUnavailable as exc:
                 self._health.triton_ok = False
                 self._breaker.record_failure()
@@ -499,6 +524,7 @@ class Pipeline:
             times,
             decided_at=datetime.now(UTC),
             exemplar=exemplar,
+            pool_entropy=inferred.pool_entropy,
         )
         action = routed.decision.action
         headers = [
@@ -719,6 +745,22 @@ def parse_event(value: bytes | None) -> ImageEvent:
 
 def _decode_inline(text: str, size: int, limits: ImageLimits) -> DecodedImage:
     return decode_image(decode_base64(text, limits), size, limits)
+
+
+def _entropy(probs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    clipped = np.clip(probs, 1e-12, 1.0)
+    result: npt.NDArray[np.float32] = -(clipped * np.log(clipped)).sum(axis=-1)
+    return result
+
+
+def _check_pool_member(primary: ModelSpec, member: ModelSpec) -> None:
+    if (member.class_names, member.input_size) != (primary.class_names, primary.input_size):
+        raise ModelMismatch(
+            f"pool model {member.name} has classes {list(member.class_names)} at "
+            f"{member.input_size}px, {primary.name} has {list(primary.class_names)} at "
+            f"{primary.input_size}px; a pool needs the same classes and input size "
+            "(MODSTREAM_TRITON__POOL_MODELS)"
+        )
 
 
 def _pdq_or_none(image: DecodedImage) -> bytes | None:

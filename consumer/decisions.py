@@ -31,6 +31,7 @@ class Routed:
 
 
 EXEMPLAR_RULE = "exemplar_match"
+POOL_RULE = "pool_disagreement"
 
 
 def decide_event(
@@ -41,6 +42,7 @@ def decide_event(
     times: StageTimes,
     decided_at: datetime,
     exemplar: Match | None = None,
+    pool_entropy: float | None = None,
 ) -> Routed:
     """Score, apply the tenant's policy and pick the topic of the resulting action.
 
@@ -53,6 +55,21 @@ def decide_event(
         reasons.append(exemplar_reason(exemplar, policies.rules_for(event.tenant_id).exemplars))
         reasons.sort(key=lambda r: -r.action.severity)
     action = reasons[0].action if reasons else Action.ALLOW
+    limit = policies.rules_for(event.tenant_id).pool_max_entropy
+    disagree = limit is not None and pool_entropy is not None and pool_entropy > limit
+    if action is Action.ALLOW and disagree and limit is not None and pool_entropy is not None:
+        # The models of the pool disagree: a person looks instead of an automatic allow.
+        top = max(scores, key=lambda name: scores[name])
+        reasons.append(
+            Reason(
+                rule=POOL_RULE,
+                action=Action.REVIEW,
+                category=top,
+                score=round(pool_entropy, 6),
+                threshold=limit,
+            )
+        )
+        action = Action.REVIEW
     decision = Decision(
         event_id=event.event_id,
         tenant_id=event.tenant_id,

@@ -78,6 +78,9 @@ class TenantPolicySpec(BaseModel):
     thresholds: dict[str, ThresholdSpec] = Field(default_factory=dict)
     topics: TopicOverrides = TopicOverrides()
     exemplars: ExemplarSpec | None = None
+    # Review an allowed image when the pool's mean prediction is this uncertain (entropy in
+    # nats, 0..ln 5); needs MODSTREAM_TRITON__POOL_MODELS. Null turns it off.
+    pool_max_entropy: Annotated[float, Field(gt=0.0)] | None = None
 
 
 class PolicyFile(BaseModel):
@@ -118,6 +121,7 @@ class TenantRules:
     thresholds: Mapping[str, Threshold]
     topics: TopicRoutes
     exemplars: ExemplarSpec = DEFAULT_EXEMPLARS
+    pool_max_entropy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,9 @@ def compile_policy(document: PolicyFile, base_topics: TopicRoutes) -> PolicySet:
     """Resolve tenant overrides against the default and the deployment's topics."""
     default = _compile_one(document.default, {}, base_topics, DEFAULT_EXEMPLARS)
     tenants = {
-        tenant: _compile_one(spec, default.thresholds, default.topics, default.exemplars)
+        tenant: _compile_one(
+            spec, default.thresholds, default.topics, default.exemplars, default.pool_max_entropy
+        )
         for tenant, spec in document.tenants.items()
     }
     return PolicySet(version=policy_version(document), default=default, tenants=tenants)
@@ -192,6 +198,7 @@ def _compile_one(
     inherited: Mapping[str, Threshold],
     topics: TopicRoutes,
     exemplars: ExemplarSpec,
+    inherited_pool: float | None = None,
 ) -> TenantRules:
     thresholds = dict(inherited)
     for category, override in spec.thresholds.items():
@@ -215,7 +222,15 @@ def _compile_one(
         exemplars = exemplars.model_copy(
             update={name: getattr(spec.exemplars, name) for name in fields}
         )
-    return TenantRules(thresholds=thresholds, topics=routes, exemplars=exemplars)
+    pool_max_entropy = (
+        spec.pool_max_entropy if "pool_max_entropy" in spec.model_fields_set else inherited_pool
+    )
+    return TenantRules(
+        thresholds=thresholds,
+        topics=routes,
+        exemplars=exemplars,
+        pool_max_entropy=pool_max_entropy,
+    )
 
 
 def policy_version(document: PolicyFile) -> str:

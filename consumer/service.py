@@ -48,6 +48,12 @@ async def serve(
         on_health_server(server)
     producer = build_producer(settings.kafka)
     classifier = TritonClassifier(settings.triton)
+    pool = [
+        TritonClassifier(
+            settings.triton.model_copy(update={"model_name": name, "model_version": ""})
+        )
+        for name in settings.triton.pool_models
+    ]
     fetcher = ImageFetcher(settings.imaging)
     try:
         await start_producer(producer, settings.kafka.bootstrap_servers)
@@ -73,6 +79,7 @@ async def serve(
             max_tenant_labels=settings.metrics.max_tenant_labels,
             health=health,
             banks=banks,
+            pool=pool,
         )
         watcher = PolicyWatcher(
             settings.policy.path,
@@ -95,4 +102,6 @@ async def serve(
         await producer.stop()
         await fetcher.close()
         await classifier.close()
+        for member in pool:
+            await member.close()
         await server.close()

@@ -66,6 +66,9 @@ class TritonSettings(_Section):
     ready_timeout_s: float = Field(default=60.0, gt=0)
     retry_initial_backoff_s: float = Field(default=0.1, gt=0)
     retry_max_backoff_s: float = Field(default=5.0, gt=0)
+    # Other models of the pool (same classes and input size), run on every image to measure
+    # disagreement; empty: one model only.
+    pool_models: list[str] = Field(default_factory=list)
     # Consecutive unavailability errors that open the circuit breaker (then: pause, probe).
     breaker_failure_threshold: int = Field(default=3, ge=1)
     breaker_open_s: float = Field(default=0.5, gt=0)

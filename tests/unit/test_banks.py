@@ -182,3 +182,37 @@ def test_exemplar_match_decides_with_its_reason() -> None:
     assert (reason.rule, reason.bank_id, reason.entry_id) == ("exemplar_match", "kids", "kids-1")
     assert (reason.score, reason.threshold, reason.category) == (4.0, 31.0, "known-bad")
     assert decide_event(event, probs, spec, policy, times, now).decision.action is Action.ALLOW
+
+
+def test_pool_disagreement_turns_an_allow_into_a_review_only() -> None:
+    from datetime import UTC, datetime
+
+    from consumer.decisions import StageTimes, decide_event
+    from consumer.events import Action, ImageEvent
+    from consumer.inference import ModelSpec
+    from consumer.policy import TopicRoutes, compile_policy, parse_policy
+
+    spec = ModelSpec("m", "1", "image", 224, ("safe", "sexual_explicit"), 8, 32)
+    policy = compile_policy(
+        parse_policy(
+            "default:\n  pool_max_entropy: 0.8\n  thresholds:\n"
+            "    sexual_explicit: {review: 0.4, block: 0.8}\n"
+            "tenants:\n  trusting:\n    pool_max_entropy: null\n",
+            "test",
+        ),
+        TopicRoutes("allow", "review", "block"),
+    )
+    now = datetime.now(UTC)
+    times = StageTimes(now, 0.0, 0.0, 0.0)
+
+    def action(tenant: str, explicit: float, entropy: float | None) -> tuple[Action, list[str]]:
+        event = ImageEvent(event_id="e", tenant_id=tenant, image_b64="AAAA", created_at=now)
+        probs = np.array([1 - explicit, explicit], dtype=np.float32)
+        decision = decide_event(event, probs, spec, policy, times, now, pool_entropy=entropy)
+        return decision.decision.action, [r.rule for r in decision.decision.reasons]
+
+    assert action("acme", 0.1, 0.85) == (Action.REVIEW, ["pool_disagreement"])
+    assert action("acme", 0.1, 0.5) == (Action.ALLOW, [])
+    assert action("acme", 0.1, None) == (Action.ALLOW, [])
+    assert action("acme", 0.9, 0.99) == (Action.BLOCK, ["category_threshold"])
+    assert action("trusting", 0.1, 0.99) == (Action.ALLOW, [])
