@@ -51,6 +51,16 @@ def build_consumer(settings: KafkaSettings) -> AIOKafkaConsumer:
     )
 
 
+def build_reader(settings: KafkaSettings) -> AIOKafkaConsumer:
+    """A consumer outside any group, for reading a whole topic (e.g. the policy topic)."""
+    return AIOKafkaConsumer(
+        **_common(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+
+
 def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     """acks=all so a decision counts as delivered only once every in-sync replica has it."""
     return AIOKafkaProducer(

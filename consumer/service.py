@@ -8,13 +8,14 @@ from collections.abc import Callable
 
 from consumer.app import Pipeline, PipelineLimits
 from consumer.banks import BankSet
+from consumer.errors import PolicyError
 from consumer.health import HealthServer, HealthState
 from consumer.imaging import ImageFetcher, ImageLimits
 from consumer.inference import TritonClassifier
-from consumer.kafka_clients import build_consumer, build_producer, start_producer
+from consumer.kafka_clients import build_consumer, build_producer, build_reader, start_producer
 from consumer.metrics import Metrics
-from consumer.policy import TopicRoutes, load_policy
-from consumer.policy_watch import PolicyWatcher
+from consumer.policy import TopicRoutes, load_policy, parse_policy
+from consumer.policy_watch import PolicySources, PolicyTopic, PolicyWatcher
 from consumer.settings import Settings, TopicSettings
 from consumer.sink import Sink
 
@@ -39,6 +40,7 @@ async def serve(
     """
     routes = topic_routes(settings.topics)
     policies = load_policy(settings.policy.path, routes)
+    policy_text = settings.policy.path.read_text(encoding="utf-8")
     banks = BankSet.load(settings.banks.path)
     metrics = metrics or Metrics()
     health = HealthState()
@@ -81,22 +83,31 @@ async def serve(
             banks=banks,
             pool=pool,
         )
-        watcher = PolicyWatcher(
-            settings.policy.path,
+        sources = PolicySources(
+            parse_policy(policy_text, str(settings.policy.path)),
             routes,
             categories=pipeline.model_categories,
             apply=pipeline.replace_policies,
             metrics=metrics,
-            initial_text=settings.policy.path.read_text(encoding="utf-8"),
         )
+        watcher = PolicyWatcher(
+            settings.policy.path,
+            sources,
+            categories=pipeline.model_categories,
+            initial_text=policy_text,
+        )
+        background: list[asyncio.Task[None]] = []
         interval_s = settings.policy.reload_interval_s
-        watching = asyncio.create_task(watcher.run(interval_s)) if interval_s > 0 else None
+        if interval_s > 0:
+            background.append(asyncio.create_task(watcher.run(interval_s)))
         try:
+            if settings.policy.topic is not None:
+                background.append(await _follow_policy_topic(settings, sources))
             await pipeline.run(stop)
         finally:
-            if watching is not None:
-                watching.cancel()
-                await asyncio.gather(watching, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
     finally:
         # The producer flushes on stop: every decision already handed to it gets delivered.
         await producer.stop()
@@ -105,3 +116,28 @@ async def serve(
         for member in pool:
             await member.close()
         await server.close()
+
+
+async def _follow_policy_topic(settings: Settings, sources: PolicySources) -> asyncio.Task[None]:
+    """Read the policy topic to its end before consuming, then keep following it."""
+    topic = settings.policy.topic
+    if topic is None:
+        raise ValueError("no policy topic configured")
+    loaded = asyncio.Event()
+    task = asyncio.create_task(
+        PolicyTopic(build_reader(settings.kafka), topic, sources).run(loaded)
+    )
+    waiting = asyncio.create_task(loaded.wait())
+    timeout_s = settings.policy.topic_load_timeout_s
+    await asyncio.wait({task, waiting}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if task.done():
+        task.result()  # the reason it stopped, e.g. a missing topic
+    if not loaded.is_set():
+        task.cancel()
+        raise PolicyError(
+            f"policy topic {topic} was not read to its end within {timeout_s:.0f}s; check "
+            "the broker (MODSTREAM_POLICY__TOPIC_LOAD_TIMEOUT_S)"
+        )
+    logger.info("policy topic %s loaded", topic)
+    return task

@@ -118,6 +118,10 @@ class PolicySettings(_Section):
     path: Path = Path("policies/default.yaml")
     # How often the file is checked for changes; 0 turns hot reload off.
     reload_interval_s: float = Field(default=5.0, ge=0)
+    # Compacted topic of tenant policies pushed by a control plane (key tenant id, value the
+    # tenant's policy as JSON, tombstone deletes); unset: the file only.
+    topic: str | None = None
+    topic_load_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class BankSettings(_Section):

@@ -108,3 +108,68 @@ async def test_policy_change_applies_to_later_events_and_a_bad_one_is_refused(
             assert decision.action is Action.BLOCK, decision.event_id
             assert decision.policy_version == strict_version.version
     assert lenient_version != strict_version.version
+
+
+async def test_policy_topic_pushes_and_deletes_a_tenant_policy(
+    broker: TansuBroker, triton: TritonServer, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    _write(policy, LENIENT)
+    settings = make_settings(broker, triton, max_batch_size=8, max_wait_ms=5)
+    policy_topic = f"policies-{kafka_suffix(settings.kafka.input_topic)}"
+    settings = settings.model_copy(
+        update={"policy": PolicySettings(path=policy, reload_interval_s=0, topic=policy_topic)}
+    )
+    kafka = settings.kafka
+    outputs = output_topics(settings)
+    await ensure_topics(
+        kafka.bootstrap_servers,
+        {kafka.input_topic: PARTITIONS, policy_topic: 1, **{t: 1 for t in outputs}},
+    )
+    strict_tenant = b'{"thresholds": {"sexual_explicit": {"review": 0.1, "block": 0.5}}}'
+    # Pushed before the consumer starts: it must be in force for the very first event.
+    await produce_all(kafka.bootstrap_servers, policy_topic, [(b"acme", strict_tenant, [])])
+    image = next(s for s in standins() if s.name == "explicit-mid").data
+    metrics = Metrics()
+
+    async def publish(prefix: str) -> None:
+        records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
+            (f"{prefix}-{i}".encode(), image_event(f"{prefix}-{i}", tenant, image), [])
+            for i, tenant in enumerate(["acme", "other"] * 3)
+        ]
+        ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
+        await wait_committed(settings, ends, timeout_s=60)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop, metrics=metrics))
+    try:
+        await publish("pushed")
+        applied = metrics.registry.get_sample_value(
+            "modstream_policy_reloads_total", {"result": "applied"}
+        )
+        # A tombstone deletes the pushed policy: acme is back on the file's default.
+        await produce_all(kafka.bootstrap_servers, policy_topic, [(b"acme", None, [])])
+
+        async def deleted() -> bool:
+            value = metrics.registry.get_sample_value(
+                "modstream_policy_reloads_total", {"result": "applied"}
+            )
+            return value is not None and applied is not None and value > applied
+
+        await wait_for(deleted, timeout_s=15)
+        await publish("deleted")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+
+    messages = await read_until(kafka.bootstrap_servers, outputs, 12, timeout_s=20)
+    decisions = [Decision.model_validate_json(m.value or b"") for m in messages]
+    assert len(decisions) == 12
+    for decision in decisions:
+        pushed = decision.event_id.startswith("pushed") and decision.tenant_id == "acme"
+        expected = Action.BLOCK if pushed else Action.REVIEW
+        assert decision.action is expected, (decision.event_id, decision.tenant_id)
+
+
+def kafka_suffix(topic: str) -> str:
+    return topic.rsplit("-", 1)[-1]

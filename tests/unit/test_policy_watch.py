@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from consumer.metrics import Metrics
-from consumer.policy import PolicySet, TopicRoutes, load_policy
-from consumer.policy_watch import PolicyWatcher
+from consumer.policy import PolicySet, TopicRoutes, load_policy, parse_policy
+from consumer.policy_watch import PolicySources, PolicyTopic, PolicyWatcher
 
 ROUTES = TopicRoutes(allow="a", review="r", block="b")
 CATEGORIES = ("safe", "sexual_explicit", "suggestive")
@@ -21,12 +22,17 @@ class Harness:
         self.applied: list[PolicySet] = []
         self.metrics = Metrics()
         self.categories = categories
-        self.watcher = PolicyWatcher(
-            path,
+        self.sources = PolicySources(
+            parse_policy(path.read_text(), str(path)),
             ROUTES,
             categories=lambda: self.categories,
             apply=self.applied.append,
             metrics=self.metrics,
+        )
+        self.watcher = PolicyWatcher(
+            path,
+            self.sources,
+            categories=lambda: self.categories,
             initial_text=path.read_text(),
         )
 
@@ -112,3 +118,60 @@ async def test_a_missing_file_keeps_the_policy(policy_file: Path) -> None:
     _remove(policy_file)
     assert await harness.watcher.check() is False
     assert harness.applied == []
+
+
+def _record(
+    key: bytes | None, value: bytes | None, offset: int = 0
+) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic="policies",
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=0,
+        headers=(),
+    )
+
+
+async def test_topic_records_override_and_delete_a_tenant(policy_file: Path) -> None:
+    harness = Harness(policy_file)
+    topic = PolicyTopic(consumer=None, topic="policies", sources=harness.sources)
+    strict = b'{"thresholds": {"sexual_explicit": {"review": 0.1, "block": 0.2}}}'
+
+    assert topic.apply(_record(b"kids-app", strict))
+    kids = harness.applied[-1]
+    assert kids.decide("kids-app", {"sexual_explicit": 0.25}).action.value == "block"
+    assert kids.decide("acme", {"sexual_explicit": 0.25}).action.value == "allow"
+
+    assert topic.apply(_record(b"kids-app", None, 1))
+    assert harness.applied[-1].decide("kids-app", {"sexual_explicit": 0.25}).action.value == "allow"
+    assert harness.applied[-1].version != kids.version
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        (None, b"{}", "needs the tenant id as key"),
+        (b"kids-app", b"{not json", "kids-app"),
+        (b"kids-app", b'{"thresholds": {"sexual_explicit": {"review": 3}}}', "thresholds"),
+        (b"kids-app", b'{"thresholds": {"violence": {"block": 0.5}}}', "violence"),
+    ],
+)
+async def test_invalid_topic_records_are_refused(
+    policy_file: Path,
+    key: bytes | None,
+    value: bytes,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    harness = Harness(policy_file)
+    topic = PolicyTopic(consumer=None, topic="policies", sources=harness.sources)
+    assert topic.apply(_record(key, value)) is False
+    assert harness.applied == []
+    assert harness.reloads("rejected") == 1
+    assert any(reason in r.getMessage() for r in caplog.records)
