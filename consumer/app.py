@@ -200,7 +200,7 @@ class Pipeline:
                 _check_pool_member(self._spec, await member.connect(self._max_batch_size))
         except BaseException:
             # Refusing to start must still release the consumer's client resources.
-            await self._consumer.stop()
+            await _stop_consumer(self._consumer)
             raise
         self._metrics.model_info.info({"name": self._spec.name, "version": self._spec.version})
         for bank_id in self._banks.use_model(self._spec.name, self._spec.version):
@@ -238,7 +238,7 @@ class Pipeline:
             await self._drain(dispatching)
             await _cancel(committing)
             await self._commit()
-            await self._consumer.stop()
+            await _stop_consumer(self._consumer)
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _drain(self, dispatching: asyncio.Task[None]) -> None:
@@ -745,6 +745,18 @@ def parse_event(value: bytes | None) -> ImageEvent:
 
 def _decode_inline(text: str, size: int, limits: ImageLimits) -> DecodedImage:
     return decode_image(decode_base64(text, limits), size, limits)
+
+
+async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        # aiokafka re-raises the cancellation of its own in-flight fetch (one backing off
+        # after a broker outage) from stop(); the consumer is closed all the same.
+        logger.warning("Kafka consumer closed while a fetch was being retried")
 
 
 def _entropy(probs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
