@@ -43,17 +43,38 @@ class ConsumerProcess:
         self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None
         self.starts = 0
+        self._log_offset = 0
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "consumer", "run", env=self._env, stdout=log, stderr=log
             )
         self.starts += 1
+
+    async def wait_started(self, timeout_s: float = 60.0) -> None:
+        """Wait until this start of the process has connected to Triton (it logs the model).
+
+        A signal that arrives while the interpreter itself is still starting, before any of
+        the consumer's code runs, ends the process with the default action; tests that
+        check a clean exit wait for this first.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_offset)
+                if b"serving model" in log.read():
+                    return
+            if not self.running:
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"consumer did not start within {timeout_s}s: {self.log_path}")
 
     async def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:

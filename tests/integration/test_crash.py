@@ -96,6 +96,7 @@ async def crash_run(
             victim = rng.choice(fleet)
             # Every third stop is a graceful leave (SIGTERM, drain, commit), the rest crashes.
             if (killed + left) % 3 == 2:
+                await victim.wait_started()
                 assert await victim.terminate() == 0, victim.log_path.read_text()[-2000:]
                 left += 1
             else:
@@ -109,6 +110,8 @@ async def crash_run(
         await wait_for(all_committed, timeout_s=300)
         finished = time.monotonic() - started
     finally:
+        for member in fleet:
+            await member.wait_started()
         codes = [await member.terminate() for member in fleet]
     assert codes == [0] * consumers, [m.log_path.read_text()[-2000:] for m in fleet]
     report = await audit(
