@@ -356,16 +356,20 @@ class Pipeline:
         started = time.perf_counter()
         try:
             event = await loop.run_in_executor(self._executor, parse_event, pending.record.value)
-            size = self.spec.input_size
+            source: str | bytes
             if event.image_b64 is not None:
-                image = await loop.run_in_executor(
-                    self._executor, _decode_inline, event.image_b64, size, self._image_limits
-                )
+                source = event.image_b64
             else:
-                data = await self._fetcher.fetch(str(event.image_url))
-                image = await loop.run_in_executor(
-                    self._executor, decode_image, data, size, self._image_limits
-                )
+                source = await self._fetcher.fetch(str(event.image_url))
+            # One hop to the pool: decoding and, when banks are consulted, hashing.
+            image, pdq = await loop.run_in_executor(
+                self._executor,
+                _decode_and_hash,
+                source,
+                self.spec.input_size,
+                self._image_limits,
+                bool(self._banks),
+            )
         except EventRejected as exc:
             await self._dead_letter(pending, exc, event)
             return
@@ -376,9 +380,6 @@ class Pipeline:
             await self._dead_letter(pending, rejected, event)
             return
         self._metrics.decode_seconds.observe(time.perf_counter() - started)
-        pdq = (
-            await loop.run_in_executor(self._executor, _pdq_or_none, image) if self._banks else None
-        )
         self._batcher.put(Prepared(pending, event, image, time.perf_counter(), pdq))
 
     # ── batch, infer, decide, produce ──────────────────────────────────────────────────────
@@ -743,8 +744,13 @@ def parse_event(value: bytes | None) -> ImageEvent:
         ) from exc
 
 
-def _decode_inline(text: str, size: int, limits: ImageLimits) -> DecodedImage:
-    return decode_image(decode_base64(text, limits), size, limits)
+def _decode_and_hash(
+    source: str | bytes, size: int, limits: ImageLimits, with_pdq: bool
+) -> tuple[DecodedImage, bytes | None]:
+    """Decode inline base64 (``str``) or fetched bytes; add the PDQ hash when asked."""
+    data = decode_base64(source, limits) if isinstance(source, str) else source
+    image = decode_image(data, size, limits)
+    return image, _pdq_or_none(image) if with_pdq else None
 
 
 async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:

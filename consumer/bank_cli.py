@@ -13,6 +13,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from consumer.banks import ALL_TENANTS, Bank, BankEntry, BankError, BankFile, BankModel, pdq_hash
 from consumer.errors import ImageRejected
 from consumer.settings import Settings
@@ -76,6 +79,7 @@ async def _add_async(args: argparse.Namespace) -> int:
                 )
             )
         limits = ImageLimits.from_settings(settings.imaging)
+        items: list[tuple[BankEntry, bytes, npt.NDArray[np.float32]]] = []
         for path in args.images:
             try:
                 image = decode_image(path.read_bytes(), spec.input_size, limits)
@@ -90,8 +94,10 @@ async def _add_async(args: argparse.Namespace) -> int:
                 source=path.name,
                 pdq_quality=quality,
             )
-            bank.add(entry, pdq, result.embeddings[0])
-            sys.stdout.write(f"added {entry.entry_id} (PDQ quality {quality})\n")
+            items.append((entry, pdq, result.embeddings[0]))
+        bank.add_many(items)
+        for entry, _, _ in items:
+            sys.stdout.write(f"added {entry.entry_id} (PDQ quality {entry.pdq_quality})\n")
     finally:
         await classifier.close()
     bank.save(args.bank)

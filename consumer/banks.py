@@ -18,6 +18,7 @@ embeddings (see ``bench/results/bank_lookup.json`` for its cost at 10k-1M entrie
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -132,18 +133,29 @@ class Bank:
     # ── changes ────────────────────────────────────────────────────────────────────────────
 
     def add(self, entry: BankEntry, pdq: bytes, embedding: npt.NDArray[np.float32]) -> None:
-        if any(existing.entry_id == entry.entry_id for existing in self.entries):
-            raise BankError(f"bank {self.meta.bank_id} already has an entry {entry.entry_id!r}")
-        if len(pdq) != PDQ_BYTES:
-            raise BankError(f"a PDQ hash is {PDQ_BYTES} bytes, not {len(pdq)}")
-        if embedding.shape != (self.meta.model.embedding_dim,):
-            raise BankError(
-                f"embedding has shape {embedding.shape}; bank {self.meta.bank_id} holds "
-                f"{self.meta.model.embedding_dim}-d embeddings of {self.meta.model.name}"
-            )
-        self.entries.append(entry)
-        self.pdq = np.vstack([self.pdq, np.frombuffer(pdq, dtype=np.uint8)[None]])
-        self.embeddings = np.vstack([self.embeddings, unit(embedding)[None]])
+        self.add_many([(entry, pdq, embedding)])
+
+    def add_many(self, items: Sequence[tuple[BankEntry, bytes, npt.NDArray[np.float32]]]) -> None:
+        """Check every item, then grow the arrays once (growing per item copies the bank)."""
+        ids = {entry.entry_id for entry in self.entries}
+        for entry, pdq, embedding in items:
+            if entry.entry_id in ids:
+                raise BankError(f"bank {self.meta.bank_id} already has an entry {entry.entry_id!r}")
+            ids.add(entry.entry_id)
+            if len(pdq) != PDQ_BYTES:
+                raise BankError(f"a PDQ hash is {PDQ_BYTES} bytes, not {len(pdq)}")
+            if embedding.shape != (self.meta.model.embedding_dim,):
+                raise BankError(
+                    f"embedding has shape {embedding.shape}; bank {self.meta.bank_id} holds "
+                    f"{self.meta.model.embedding_dim}-d embeddings of {self.meta.model.name}"
+                )
+        if not items:
+            return
+        self.entries.extend(entry for entry, _, _ in items)
+        hashes = np.stack([np.frombuffer(pdq, dtype=np.uint8) for _, pdq, _ in items])
+        vectors = np.stack([unit(embedding) for _, _, embedding in items])
+        self.pdq = np.vstack([self.pdq, hashes])
+        self.embeddings = np.vstack([self.embeddings, vectors])
 
     def remove(self, entry_id: str) -> None:
         keep = [i for i, entry in enumerate(self.entries) if entry.entry_id != entry_id]

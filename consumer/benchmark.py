@@ -58,6 +58,7 @@ from consumer.events import Action, Decision, ImageEvent
 from consumer.imaging import ImageLimits, decode_base64, decode_image
 from consumer.inference import TritonClassifier
 from consumer.kafka_clients import build_consumer, build_producer
+from consumer.local.process import proc_status_kib
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from consumer.metrics import Metrics
@@ -1084,16 +1085,6 @@ def _group_pids(leader: int) -> list[int]:
     return pids
 
 
-def _status_kib(pid: int, key: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def _resources(groups: Mapping[str, int]) -> dict[str, float | None]:
     """Memory of the processes involved, in MB, read just before the servers stop."""
 
@@ -1101,13 +1092,13 @@ def _resources(groups: Mapping[str, int]) -> dict[str, float | None]:
         return round(kib / 1024, 1) if kib is not None else None
 
     broker = groups["broker"]
-    triton = [_status_kib(pid, "VmRSS") for pid in _group_pids(groups["triton"])]
+    triton = [proc_status_kib(pid, "VmRSS") for pid in _group_pids(groups["triton"])]
     # ru_maxrss is in KiB on Linux.
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "consumer_and_harness_peak_rss_mb": mb(own_peak),
-        "broker_peak_rss_mb": mb(_status_kib(broker, "VmHWM")),
-        "broker_rss_mb": mb(_status_kib(broker, "VmRSS")),
+        "broker_peak_rss_mb": mb(proc_status_kib(broker, "VmHWM")),
+        "broker_rss_mb": mb(proc_status_kib(broker, "VmRSS")),
         "triton_rss_mb": mb(sum(k for k in triton if k is not None)) if triton else None,
     }
 

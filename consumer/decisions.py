@@ -55,21 +55,13 @@ def decide_event(
         reasons.append(exemplar_reason(exemplar, policies.rules_for(event.tenant_id).exemplars))
         reasons.sort(key=lambda r: -r.action.severity)
     action = reasons[0].action if reasons else Action.ALLOW
-    limit = policies.rules_for(event.tenant_id).pool_max_entropy
-    disagree = limit is not None and pool_entropy is not None and pool_entropy > limit
-    if action is Action.ALLOW and disagree and limit is not None and pool_entropy is not None:
-        # The models of the pool disagree: a person looks instead of an automatic allow.
-        top = max(scores, key=lambda name: scores[name])
-        reasons.append(
-            Reason(
-                rule=POOL_RULE,
-                action=Action.REVIEW,
-                category=top,
-                score=round(pool_entropy, 6),
-                threshold=limit,
-            )
+    if action is Action.ALLOW and pool_entropy is not None:
+        disagreement = pool_reason(
+            pool_entropy, policies.rules_for(event.tenant_id).pool_max_entropy, scores
         )
-        action = Action.REVIEW
+        if disagreement is not None:
+            reasons.append(disagreement)
+            action = Action.REVIEW
     decision = Decision(
         event_id=event.event_id,
         tenant_id=event.tenant_id,
@@ -90,6 +82,19 @@ def decide_event(
     )
     topic = policies.rules_for(event.tenant_id).topics.for_action(action)
     return Routed(decision, topic)
+
+
+def pool_reason(entropy: float, limit: float | None, scores: dict[str, float]) -> Reason | None:
+    """The models of the pool disagree: a person looks instead of an automatic allow."""
+    if limit is None or entropy <= limit:
+        return None
+    return Reason(
+        rule=POOL_RULE,
+        action=Action.REVIEW,
+        category=max(scores, key=lambda name: scores[name]),
+        score=round(entropy, 6),
+        threshold=limit,
+    )
 
 
 def exemplar_reason(match: Match, limits: ExemplarSpec) -> Reason:

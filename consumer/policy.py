@@ -257,13 +257,16 @@ def parse_policy(text: str, source: str) -> PolicyFile:
         ) from exc
 
 
-def load_policy(path: Path, base_topics: TopicRoutes) -> PolicySet:
-    """Read, validate and compile a policy file."""
+def read_policy_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from exc
-    return compile_policy(parse_policy(text, str(path)), base_topics)
+
+
+def load_policy(path: Path, base_topics: TopicRoutes) -> PolicySet:
+    """Read, validate and compile a policy file."""
+    return compile_policy(parse_policy(read_policy_text(path), str(path)), base_topics)
 
 
 def describe(policies: PolicySet) -> str:

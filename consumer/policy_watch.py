@@ -60,32 +60,26 @@ class PolicySources:
         self._apply = apply
         self._metrics = metrics
 
-    def compile(self) -> PolicySet:
-        tenants = {**self._document.tenants, **self._pushed}
-        combined = self._document.model_copy(update={"tenants": tenants})
-        return compile_policy(combined, self._routes)
+    def model_known(self) -> bool:
+        return self._categories() is not None
 
     def try_apply(
         self, document: PolicyFile | None = None, pushed: dict[str, TenantPolicySpec] | None = None
     ) -> bool:
         """Put the candidate sources in force if they compile; keep the current ones if not."""
-        candidate = PolicySources(
-            document or self._document,
-            self._routes,
-            categories=self._categories,
-            apply=self._apply,
-            metrics=self._metrics,
-        )
-        candidate._pushed = self._pushed if pushed is None else pushed
+        document = self._document if document is None else document
+        pushed = self._pushed if pushed is None else pushed
         categories = self._categories()
         try:
-            policies = candidate.compile()
+            tenants = {**document.tenants, **pushed}
+            combined = document.model_copy(update={"tenants": tenants})
+            policies = compile_policy(combined, self._routes)
             if categories is not None:
                 policies.check_categories(categories)
         except PolicyError as exc:
             self.refused(str(exc))
             return False
-        self._document, self._pushed = candidate._document, candidate._pushed
+        self._document, self._pushed = document, pushed
         self._apply(policies)
         self._metrics.policy_reloads.labels("applied").inc()
         logger.info("policy %s in force", policies.version)
@@ -112,12 +106,10 @@ class PolicyWatcher:
         path: Path,
         sources: PolicySources,
         *,
-        categories: Callable[[], Sequence[str] | None],
         initial_text: str,
     ) -> None:
         self._path = path
         self._sources = sources
-        self._categories = categories
         self._seen = _digest(initial_text)
 
     async def run(self, interval_s: float) -> None:
@@ -138,7 +130,7 @@ class PolicyWatcher:
         digest = _digest(text)
         if digest == self._seen:
             return False
-        if self._categories() is None:
+        if not self._sources.model_known():
             return False  # the model is not known yet; try again on the next poll
         self._seen = digest
         try:

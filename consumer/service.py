@@ -14,7 +14,7 @@ from consumer.imaging import ImageFetcher, ImageLimits
 from consumer.inference import TritonClassifier
 from consumer.kafka_clients import build_consumer, build_producer, build_reader, start_producer
 from consumer.metrics import Metrics
-from consumer.policy import TopicRoutes, load_policy, parse_policy
+from consumer.policy import TopicRoutes, compile_policy, parse_policy, read_policy_text
 from consumer.policy_watch import PolicySources, PolicyTopic, PolicyWatcher
 from consumer.settings import Settings, TopicSettings
 from consumer.sink import Sink
@@ -39,8 +39,11 @@ async def serve(
     the configuration cannot work.
     """
     routes = topic_routes(settings.topics)
-    policies = load_policy(settings.policy.path, routes)
-    policy_text = settings.policy.path.read_text(encoding="utf-8")
+    # Read and parsed once: the compiled policy starts the pipeline, the document seeds the
+    # live sources, the text tells the file watcher what it has already seen.
+    policy_text = read_policy_text(settings.policy.path)
+    policy_document = parse_policy(policy_text, str(settings.policy.path))
+    policies = compile_policy(policy_document, routes)
     banks = BankSet.load(settings.banks.path)
     metrics = metrics or Metrics()
     health = HealthState()
@@ -84,18 +87,13 @@ async def serve(
             pool=pool,
         )
         sources = PolicySources(
-            parse_policy(policy_text, str(settings.policy.path)),
+            policy_document,
             routes,
             categories=pipeline.model_categories,
             apply=pipeline.replace_policies,
             metrics=metrics,
         )
-        watcher = PolicyWatcher(
-            settings.policy.path,
-            sources,
-            categories=pipeline.model_categories,
-            initial_text=policy_text,
-        )
+        watcher = PolicyWatcher(settings.policy.path, sources, initial_text=policy_text)
         background: list[asyncio.Task[None]] = []
         interval_s = settings.policy.reload_interval_s
         if interval_s > 0:

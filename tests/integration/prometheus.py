@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -55,19 +54,14 @@ class Prometheus:
 
     def start(self, deadline_s: float = 30) -> None:
         self._process.start()
-        deadline = time.monotonic() + deadline_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"prometheus not ready in {deadline_s}s: {self._process.log_path.read_text()}"
-                )
-            time.sleep(0.2)
+        self._process.wait_until(self._ready, deadline_s, "ready")
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError):
+            return False
 
     def stop(self) -> None:
         self._process.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from consumer.events import Action, Decision
+from consumer.events import Action
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from consumer.samples import photos
@@ -23,6 +23,7 @@ from consumer.settings import BankSettings
 from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.test_pipeline import (
     PARTITIONS,
+    decisions_by_id,
     image_event,
     make_settings,
     output_topics,
@@ -94,9 +95,7 @@ async def test_bank_blocks_reuploads_for_its_tenant_only(
     async with running(settings):
         await wait_committed(settings, ends, timeout_s=60)
     messages = await read_until(kafka.bootstrap_servers, outputs, len(records), timeout_s=20)
-    decisions = {
-        d.event_id: d for d in (Decision.model_validate_json(m.value or b"") for m in messages)
-    }
+    decisions = decisions_by_id(messages)
     for event_id in ("kids-original", "kids-copy"):
         decision = decisions[event_id]
         assert decision.action is Action.BLOCK, event_id

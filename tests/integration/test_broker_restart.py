@@ -53,17 +53,17 @@ def s3_endpoint(tmp_path: Path) -> Iterator[str]:
     )
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+
+    def bucket_created() -> bool:
+        try:
+            request = urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT")
+            urllib.request.urlopen(request, timeout=2).close()
+        except (urllib.error.URLError, ConnectionError):
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                request = urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT")
-                urllib.request.urlopen(request, timeout=2).close()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        server.wait_until(bucket_created, 30, "serving S3 with the bucket created")
         yield endpoint
     finally:
         server.stop()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from consumer.audit import audit, read_to_end
+from consumer.local.process import proc_status_kib
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from tests.hostile import MAX_IMAGE_BYTES, MAX_PIXELS, hostile_events
@@ -26,10 +27,10 @@ RSS_BOUND_MB = 400
 
 
 def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    kib = proc_status_kib(pid, "VmHWM")
+    if kib is None:
+        raise RuntimeError(f"no VmHWM for pid {pid}")
+    return kib / 1024
 
 
 async def hostile_run(

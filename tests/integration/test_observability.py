@@ -62,12 +62,11 @@ async def test_dashboard_queries_return_data_and_alert_rules_evaluate(
         kafka.bootstrap_servers,
         {kafka.input_topic: PARTITIONS, **{t: 1 for t in output_topics(settings)}},
     )
-    triton_metrics = triton.metrics_url.removeprefix("http://").split("/")[0]
     prometheus = Prometheus(
         tmp_path / "prometheus",
         {
             "modstream": f"127.0.0.1:{settings.metrics.port}",
-            "triton": triton_metrics,
+            "triton": f"127.0.0.1:{triton.metrics_port}",
         },
         [DEPLOY / "prometheus" / "alerts.yaml"],
     )

@@ -9,7 +9,7 @@ import json
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +40,7 @@ from consumer.settings import (
     TritonSettings,
 )
 from tests.integration.kafka_io import (
+    Message,
     committed_offsets,
     produce_all,
     produce_positions,
@@ -175,6 +176,12 @@ async def wait_committed(settings: Settings, ends: dict[int, int], timeout_s: fl
         return await group_committed(settings) == ends
 
     await wait_for(reached, timeout_s)
+
+
+def decisions_by_id(messages: Sequence[Message]) -> dict[str, Decision]:
+    """The decisions among ``messages``, by event id."""
+    decisions = (Decision.model_validate_json(m.value or b"") for m in messages)
+    return {decision.event_id: decision for decision in decisions}
 
 
 def output_topics(settings: Settings) -> list[str]:
@@ -396,9 +403,7 @@ async def test_animated_image_is_judged_by_its_worst_frame(
     async with running(settings):
         await wait_committed(settings, ends, timeout_s=60)
     messages = await read_until(kafka.bootstrap_servers, output_topics(settings), 2, timeout_s=20)
-    decisions = {
-        d.event_id: d for d in (Decision.model_validate_json(m.value or b"") for m in messages)
-    }
+    decisions = decisions_by_id(messages)
     assert decisions["still"].action is Action.ALLOW
     # Frames 0, 3, 7 and 10 are sampled: the first frame alone would have been allowed.
     assert decisions["animated"].action is Action.BLOCK

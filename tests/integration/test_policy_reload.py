@@ -14,7 +14,7 @@ from consumer.metrics import Metrics
 from consumer.policy import load_policy
 from consumer.samples import standins
 from consumer.service import serve, topic_routes
-from consumer.settings import PolicySettings
+from consumer.settings import PolicySettings, Settings
 from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.test_pipeline import (
     PARTITIONS,
@@ -29,6 +29,17 @@ pytestmark = pytest.mark.integration
 
 LENIENT = "default:\n  thresholds:\n    sexual_explicit: {review: 0.40, block: 0.80}\n"
 STRICT = "default:\n  thresholds:\n    sexual_explicit: {review: 0.40, block: 0.50}\n"
+
+
+async def publish(settings: Settings, prefix: str, tenants: list[str], image: bytes) -> None:
+    """One event per tenant listed, then wait until the consumer has committed them all."""
+    kafka = settings.kafka
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
+        (f"{prefix}-{i}".encode(), image_event(f"{prefix}-{i}", tenant, image), [])
+        for i, tenant in enumerate(tenants)
+    ]
+    ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
+    await wait_committed(settings, ends, timeout_s=60)
 
 
 def _write(path: Path, text: str) -> None:
@@ -63,32 +74,24 @@ async def test_policy_change_applies_to_later_events_and_a_bad_one_is_refused(
         )
         return value or 0.0
 
-    async def publish(prefix: str) -> None:
-        records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
-            (f"{prefix}-{i}".encode(), image_event(f"{prefix}-{i}", "acme", image), [])
-            for i in range(10)
-        ]
-        ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
-        await wait_committed(settings, ends, timeout_s=60)
-
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop, metrics=metrics))
     try:
-        await publish("before")
+        await publish(settings, "before", ["acme"] * 10, image)
         await asyncio.to_thread(_write, policy, STRICT)
 
         async def applied() -> bool:
             return reloads("applied") == 1
 
         await wait_for(applied, timeout_s=10)
-        await publish("after")
+        await publish(settings, "after", ["acme"] * 10, image)
         await asyncio.to_thread(_write, policy, "default:\n  thresholds: [broken\n")
 
         async def refused() -> bool:
             return reloads("rejected") == 1
 
         await wait_for(refused, timeout_s=10)
-        await publish("refused")
+        await publish(settings, "refused", ["acme"] * 10, image)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=60)
@@ -132,18 +135,10 @@ async def test_policy_topic_pushes_and_deletes_a_tenant_policy(
     image = next(s for s in standins() if s.name == "explicit-mid").data
     metrics = Metrics()
 
-    async def publish(prefix: str) -> None:
-        records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
-            (f"{prefix}-{i}".encode(), image_event(f"{prefix}-{i}", tenant, image), [])
-            for i, tenant in enumerate(["acme", "other"] * 3)
-        ]
-        ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
-        await wait_committed(settings, ends, timeout_s=60)
-
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop, metrics=metrics))
     try:
-        await publish("pushed")
+        await publish(settings, "pushed", ["acme", "other"] * 3, image)
         applied = metrics.registry.get_sample_value(
             "modstream_policy_reloads_total", {"result": "applied"}
         )
@@ -157,7 +152,7 @@ async def test_policy_topic_pushes_and_deletes_a_tenant_policy(
             return value is not None and applied is not None and value > applied
 
         await wait_for(deleted, timeout_s=15)
-        await publish("deleted")
+        await publish(settings, "deleted", ["acme", "other"] * 3, image)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=60)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from consumer.errors import ModelMismatch
-from consumer.events import Action, Decision
+from consumer.events import Action
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from consumer.samples import photos
@@ -23,6 +23,7 @@ from tests.integration.conftest import SERVED_MODEL, TRITON_REPO
 from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.test_pipeline import (
     PARTITIONS,
+    decisions_by_id,
     image_event,
     make_settings,
     output_topics,
@@ -90,9 +91,7 @@ async def test_pool_disagreement_sends_confident_but_contested_images_to_review(
     async with running(settings):
         await wait_committed(settings, ends, timeout_s=60)
     messages = await read_until(kafka.bootstrap_servers, outputs, len(records), timeout_s=20)
-    decisions = {
-        d.event_id: d for d in (Decision.model_validate_json(m.value or b"") for m in messages)
-    }
+    decisions = decisions_by_id(messages)
     for name in ("grey", "gradient"):
         decision = decisions[name]
         assert decision.action is Action.REVIEW, name

@@ -35,28 +35,12 @@ async def test_run_is_configured_from_env_and_drains_on_sigterm(
     broker: TansuBroker, triton: TritonServer, tmp_path: Path
 ) -> None:
     settings = make_settings(broker, triton)
-    kafka, topics = settings.kafka, settings.topics
+    kafka = settings.kafka
     await ensure_topics(
         kafka.bootstrap_servers,
         {kafka.input_topic: PARTITIONS, **{t: 1 for t in output_topics(settings)}},
     )
-    env = {
-        **os.environ,
-        "MODSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "MODSTREAM_KAFKA__GROUP_ID": kafka.group_id,
-        "MODSTREAM_KAFKA__INPUT_TOPIC": kafka.input_topic,
-        "MODSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
-        "MODSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "500",
-        "MODSTREAM_KAFKA__COMMIT_INTERVAL_MS": "100",
-        "MODSTREAM_TOPICS__ALLOW": topics.allow,
-        "MODSTREAM_TOPICS__REVIEW": topics.review,
-        "MODSTREAM_TOPICS__BLOCK": topics.block,
-        "MODSTREAM_TOPICS__DEAD_LETTER": topics.dead_letter,
-        "MODSTREAM_TRITON__URL": triton.grpc_url,
-        "MODSTREAM_POLICY__PATH": str(settings.policy.path),
-        "MODSTREAM_METRICS__HOST": "127.0.0.1",
-        "MODSTREAM_METRICS__PORT": "0",
-    }
+    env = consumer_env(settings)
     log_path = tmp_path / "run.log"
     log = log_path.open("wb")
     process = await asyncio.create_subprocess_exec(

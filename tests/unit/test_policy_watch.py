@@ -29,12 +29,7 @@ class Harness:
             apply=self.applied.append,
             metrics=self.metrics,
         )
-        self.watcher = PolicyWatcher(
-            path,
-            self.sources,
-            categories=lambda: self.categories,
-            initial_text=path.read_text(),
-        )
+        self.watcher = PolicyWatcher(path, self.sources, initial_text=path.read_text())
 
     def reloads(self, result: str) -> float:
         value = self.metrics.registry.get_sample_value(
