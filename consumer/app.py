@@ -54,6 +54,7 @@ from consumer.metrics import Metrics, TenantLabels
 from consumer.offsets import OffsetTracker, Ticket
 from consumer.policy import PolicySet
 from consumer.settings import BatchSettings, FlowSettings, TopicSettings, TritonSettings
+from consumer.signals import log_pending_tasks
 from consumer.sink import Headers, Sink
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class Pipeline:
                 _check_pool_member(self._spec, await member.connect(self._max_batch_size))
         except BaseException:
             # Refusing to start must still release the consumer's client resources.
-            await _stop_consumer(self._consumer)
+            await _stop_consumer(self._consumer, self._flow.close_timeout_s)
             raise
         self._metrics.model_info.info({"name": self._spec.name, "version": self._spec.version})
         for bank_id in self._banks.use_model(self._spec.name, self._spec.version):
@@ -238,7 +239,7 @@ class Pipeline:
             await self._drain(dispatching)
             await _cancel(committing)
             await self._commit()
-            await _stop_consumer(self._consumer)
+            await _stop_consumer(self._consumer, self._flow.close_timeout_s)
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _drain(self, dispatching: asyncio.Task[None]) -> None:
@@ -753,16 +754,30 @@ def _decode_and_hash(
     return image, _pdq_or_none(image) if with_pdq else None
 
 
-async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:
-    try:
-        await consumer.stop()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
+async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
+    """Close the consumer (leaving the group), giving up after ``timeout_s``.
+
+    Offsets are already committed when this runs, so giving up loses nothing: the group
+    reassigns the partitions once the session times out.
+    """
+    closing = asyncio.create_task(consumer.stop(), name="kafka-consumer-close")
+    done, _ = await asyncio.wait({closing}, timeout=timeout_s)
+    if not done:
+        # Kept in the log: a close this slow means something to look into.
+        log_pending_tasks()
+        logger.warning(
+            "Kafka consumer did not close within %.0fs; exiting without leaving the group "
+            "(MODSTREAM_FLOW__CLOSE_TIMEOUT_S)",
+            timeout_s,
+        )
+        closing.cancel()
+        return
+    if closing.cancelled():
         # aiokafka re-raises the cancellation of its own in-flight fetch (one backing off
         # after a broker outage) from stop(); the consumer is closed all the same.
         logger.warning("Kafka consumer closed while a fetch was being retried")
+        return
+    closing.result()
 
 
 def _entropy(probs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

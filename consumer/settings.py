@@ -112,6 +112,10 @@ class FlowSettings(_Section):
     # On a rebalance, how long in-flight work of revoked partitions may finish and be
     # committed before they are handed over (the group's rebalance waits this long at most).
     revoke_grace_s: float = Field(default=5.0, ge=0)
+    # How long leaving the group may take on shutdown (it waits for a rebalance in progress
+    # to end); past it the process exits anyway and the group notices the session timeout.
+    # drain + close stay under the pod's terminationGracePeriodSeconds (45).
+    close_timeout_s: float = Field(default=15.0, gt=0)
 
 
 class PolicySettings(_Section):

@@ -1,8 +1,12 @@
-"""Run a coroutine until SIGINT/SIGTERM: the first signal drains, a second one abandons."""
+"""Run a coroutine until SIGINT/SIGTERM: the first signal drains, a second one abandons.
+
+SIGUSR2 logs every pending asyncio task with its stack: what a stuck process is waiting on.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -46,6 +50,7 @@ def run_until_signalled(work: Callable[[asyncio.Event], Coroutine[Any, Any, None
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGUSR2, log_pending_tasks)
         while _early_signals:
             on_signal(_early_signals.pop(0))
         try:
@@ -55,3 +60,13 @@ def run_until_signalled(work: Callable[[asyncio.Event], Coroutine[Any, Any, None
                 raise
 
     asyncio.run(supervise())
+
+
+def log_pending_tasks() -> None:
+    """Log each pending task of the running loop with the stack it is suspended in."""
+    tasks = [task for task in asyncio.all_tasks() if not task.done()]
+    for task in tasks:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        logger.warning("pending task %s:\n%s", task.get_name(), stack.getvalue().rstrip())
+    logger.warning("%d pending task(s) logged", len(tasks))

@@ -81,8 +81,18 @@ class ConsumerProcess:
             self.process.send_signal(signal.SIGKILL)
             await self.process.wait()
 
+    def log_since_start(self, limit: int = 20_000) -> str:
+        """What this start of the process logged (its last ``limit`` characters)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return log.read().decode(errors="replace")[-limit:]
+
     async def terminate(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM, wait for the drain; return the exit status."""
+        """SIGTERM, wait for the drain; return the exit status.
+
+        A process still running after ``timeout_s`` is asked to log its pending tasks
+        (SIGUSR2), so the log says where it was stuck, then killed.
+        """
         if self.process is None:
             raise RuntimeError("the consumer process was never started")
         if self.process.returncode is None:
@@ -90,5 +100,7 @@ class ConsumerProcess:
             try:
                 await asyncio.wait_for(self.process.wait(), timeout_s)
             except TimeoutError:
+                self.process.send_signal(signal.SIGUSR2)
+                await asyncio.sleep(2)
                 await self.kill()
         return self.process.returncode if self.process.returncode is not None else -9

@@ -97,7 +97,7 @@ async def crash_run(
             # Every third stop is a graceful leave (SIGTERM, drain, commit), the rest crashes.
             if (killed + left) % 3 == 2:
                 await victim.wait_started()
-                assert await victim.terminate() == 0, victim.log_path.read_text()[-2000:]
+                assert await victim.terminate() == 0, victim.log_since_start()
                 left += 1
             else:
                 await victim.kill()
@@ -113,7 +113,7 @@ async def crash_run(
         for member in fleet:
             await member.wait_started()
         codes = [await member.terminate() for member in fleet]
-    assert codes == [0] * consumers, [m.log_path.read_text()[-2000:] for m in fleet]
+    assert codes == [0] * consumers, [m.log_since_start() for m in fleet]
     report = await audit(
         kafka.bootstrap_servers, kafka.input_topic, outputs, settings.topics.dead_letter
     )

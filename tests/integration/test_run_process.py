@@ -59,6 +59,10 @@ async def test_run_is_configured_from_env_and_drains_on_sigterm(
         records.append((b"r-block", image_event("r-block", "kids-app", explicit), []))
         ends = await produce_all(kafka.bootstrap_servers, kafka.input_topic, records)
         await wait_committed(settings, ends, timeout_s=60)
+        # SIGUSR2 only logs what the process is waiting on; it keeps running.
+        process.send_signal(signal.SIGUSR2)
+        await asyncio.sleep(1)
+        assert process.returncode is None
         process.send_signal(signal.SIGTERM)
         returncode = await asyncio.wait_for(process.wait(), timeout=60)
     finally:
@@ -70,6 +74,7 @@ async def test_run_is_configured_from_env_and_drains_on_sigterm(
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert lines, "logs are JSON lines"
     assert any("draining" in line["msg"] for line in lines)
+    assert any(line["msg"].startswith("pending task fetch:") for line in lines)
     assert any(line.get("model") == "nsfw_mobilenet_v2" for line in lines)
     # A block is an event of interest: one JSON line with where it came from and why.
     blocked = [line for line in lines if line.get("event_id") == "r-block"]
@@ -110,9 +115,29 @@ async def test_sigterm_during_startup_is_a_clean_stop(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    # Well before the imports are done, let alone the group joined.
-    await asyncio.sleep(0.2)
+    # As soon as the process catches SIGTERM: well before the imports are done, let alone the
+    # group joined. (Before that, the interpreter itself is starting and the default action
+    # applies, as for any process.)
+    await _wait_catches(process.pid, signal.SIGTERM)
     process.send_signal(signal.SIGTERM)
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, stderr.decode()[-2000:]
     assert b"draining" in stderr
+
+
+async def _wait_catches(pid: int, signum: int, timeout_s: float = 30.0) -> None:
+    """Wait until process ``pid`` has a handler for ``signum`` (Linux: SigCgt in its status)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if _catches(pid, signum):
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"process {pid} did not install a handler for signal {signum}")
+
+
+def _catches(pid: int, signum: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
