@@ -52,7 +52,7 @@ from consumer.imaging import DecodedImage, ImageFetcher, ImageLimits, decode_bas
 from consumer.inference import BatchResult, ModelSpec, TritonClassifier
 from consumer.metrics import Metrics, TenantLabels
 from consumer.offsets import OffsetTracker, Ticket
-from consumer.policy import PolicySet
+from consumer.policy import ModelCategories, PolicySet
 from consumer.settings import BatchSettings, FlowSettings, TopicSettings, TritonSettings
 from consumer.signals import log_pending_tasks
 from consumer.sink import Headers, Sink
@@ -100,6 +100,19 @@ class Inferred:
     seconds: float
     pool_entropy: float | None = None
     """Entropy of the pool's mean prediction, highest over the frames; None without a pool."""
+    prototype_similarity: npt.NDArray[np.float32] | None = None
+    """Per category, the lowest over the frames; None when the model has no prototypes."""
+
+
+@dataclass(frozen=True)
+class InferredRows:
+    """Results for every row (frame) sent, in order."""
+
+    probs: npt.NDArray[np.float32]
+    embeddings: npt.NDArray[np.float32]
+    seconds: float
+    prototype_similarity: npt.NDArray[np.float32] | None
+    pool_entropy: npt.NDArray[np.float32] | None
 
 
 @dataclass(frozen=True)
@@ -170,9 +183,11 @@ class Pipeline:
         self._event_finished = asyncio.Event()
         self._spec: ModelSpec | None = None
 
-    def model_categories(self) -> tuple[str, ...] | None:
-        """The served model's categories, or None before the pipeline connected to Triton."""
-        return self._spec.class_names if self._spec is not None else None
+    def model_categories(self) -> ModelCategories | None:
+        """What the served model gives policies, or None before the pipeline connected."""
+        if self._spec is None:
+            return None
+        return ModelCategories(self._spec.class_names, self._spec.prototype_categories)
 
     def replace_policies(self, policies: PolicySet) -> None:
         """Decide every event from now on with ``policies`` (already validated)."""
@@ -196,7 +211,9 @@ class Pipeline:
         """
         try:
             self._spec = await self._classifier.connect(self._max_batch_size)
-            self._policies.check_categories(self._spec.class_names)
+            self._policies.check_model(
+                ModelCategories(self._spec.class_names, self._spec.prototype_categories)
+            )
             for member in self._pool:
                 _check_pool_member(self._spec, await member.connect(self._max_batch_size))
         except BaseException:
@@ -422,7 +439,7 @@ class Pipeline:
         counts = [len(item.image.frames) for item in batch]
         rows = np.concatenate([item.image.frames for item in batch])
         try:
-            probs, embeddings, entropies, seconds = await self._infer_rows(rows)
+            inferred = await self._infer_rows(rows)
         except InferenceRejected as exc:
             if len(batch) == 1:
                 return [(batch[0], exc)]
@@ -434,39 +451,49 @@ class Pipeline:
         outcomes: list[tuple[Prepared, Inferred | InferenceRejected]] = []
         start = 0
         for item, count in zip(batch, counts, strict=True):
-            worst = probs[start : start + count].max(axis=0)
-            entropy = (
-                float(entropies[start : start + count].max()) if entropies is not None else None
+            frames = slice(start, start + count)
+            entropies, similarity = inferred.pool_entropy, inferred.prototype_similarity
+            outcome = Inferred(
+                probs=inferred.probs[frames].max(axis=0),
+                embedding=inferred.embeddings[start],
+                seconds=inferred.seconds,
+                pool_entropy=float(entropies[frames].max()) if entropies is not None else None,
+                prototype_similarity=(
+                    similarity[frames].min(axis=0) if similarity is not None else None
+                ),
             )
-            outcomes.append((item, Inferred(worst, embeddings[start], seconds, entropy)))
+            outcomes.append((item, outcome))
             start += count
         return outcomes
 
-    async def _infer_rows(
-        self, rows: npt.NDArray[np.uint8]
-    ) -> tuple[
-        npt.NDArray[np.float32],
-        npt.NDArray[np.float32],
-        npt.NDArray[np.float32] | None,
-        float,
-    ]:
-        """Probabilities and embeddings of every row, in requests no larger than the batch,
-        and with a pool the entropy of the models' mean prediction per row."""
-        probs, embeddings, entropies = [], [], []
+    async def _infer_rows(self, rows: npt.NDArray[np.uint8]) -> InferredRows:
+        """Every row's results, in requests no larger than the batch; with a pool, also the
+        entropy of the models' mean prediction per row."""
+        results: list[BatchResult] = []
+        entropies = []
         seconds = 0.0
         for start in range(0, len(rows), self._max_batch_size):
             chunk = rows[start : start + self._max_batch_size]
-            results = await asyncio.gather(
+            primary, *members = await asyncio.gather(
                 self._infer_request(chunk, self._classifier),
                 *(self._infer_request(chunk, member) for member in self._pool),
             )
-            probs.append(results[0].probs)
-            embeddings.append(results[0].embeddings)
-            if self._pool:
-                entropies.append(_entropy(np.mean([r.probs for r in results], axis=0)))
-            seconds += max(r.seconds for r in results)
-        pool_entropies = np.concatenate(entropies) if entropies else None
-        return np.concatenate(probs), np.concatenate(embeddings), pool_entropies, seconds
+            results.append(primary)
+            if members:
+                entropies.append(_entropy(np.mean([primary.probs, *[m.probs for m in members]], 0)))
+            seconds += max(r.seconds for r in [primary, *members])
+        similarities = [r.prototype_similarity for r in results]
+        return InferredRows(
+            probs=np.concatenate([r.probs for r in results]),
+            embeddings=np.concatenate([r.embeddings for r in results]),
+            seconds=seconds,
+            prototype_similarity=(
+                np.concatenate(similarities)  # type: ignore[arg-type]
+                if all(s is not None for s in similarities)
+                else None
+            ),
+            pool_entropy=np.concatenate(entropies) if entropies else None,
+        )
 
     async def _infer_request(
         self, pixels: npt.NDArray[np.uint8], classifier: TritonClassifier
@@ -527,6 +554,7 @@ class Pipeline:
             decided_at=datetime.now(UTC),
             exemplar=exemplar,
             pool_entropy=inferred.pool_entropy,
+            prototype_similarity=inferred.prototype_similarity,
         )
         action = routed.decision.action
         headers = [

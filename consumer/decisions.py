@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,6 +34,7 @@ class Routed:
 
 EXEMPLAR_RULE = "exemplar_match"
 POOL_RULE = "pool_disagreement"
+PROTOTYPE_RULE = "low_prototype_similarity"
 
 
 def decide_event(
@@ -43,24 +46,30 @@ def decide_event(
     decided_at: datetime,
     exemplar: Match | None = None,
     pool_entropy: float | None = None,
+    prototype_similarity: npt.NDArray[np.float32] | None = None,
 ) -> Routed:
     """Score, apply the tenant's policy and pick the topic of the resulting action.
 
-    A bank match is one more rule: the most severe of it and the thresholds decides.
+    A bank match is one more rule: the most severe of it and the thresholds decides. An
+    ``allow`` is then escalated to ``review`` when the label is not to be trusted: the image
+    is far from its label's prototype, or the pool of models disagrees.
     """
+    rules = policies.rules_for(event.tenant_id)
     scores = {name: round(float(p), 6) for name, p in zip(spec.class_names, probs, strict=True)}
     verdict = policies.decide(event.tenant_id, scores)
     reasons = list(verdict.reasons)
     if exemplar is not None:
-        reasons.append(exemplar_reason(exemplar, policies.rules_for(event.tenant_id).exemplars))
+        reasons.append(exemplar_reason(exemplar, rules.exemplars))
         reasons.sort(key=lambda r: -r.action.severity)
     action = reasons[0].action if reasons else Action.ALLOW
-    if action is Action.ALLOW and pool_entropy is not None:
-        disagreement = pool_reason(
-            pool_entropy, policies.rules_for(event.tenant_id).pool_max_entropy, scores
-        )
-        if disagreement is not None:
-            reasons.append(disagreement)
+    if action is Action.ALLOW:
+        escalations = [
+            prototype_reason(prototype_similarity, scores, rules.prototype_minimums),
+            pool_reason(pool_entropy, rules.pool_max_entropy, scores),
+        ]
+        fired = [reason for reason in escalations if reason is not None]
+        if fired:
+            reasons.extend(fired)
             action = Action.REVIEW
     decision = Decision(
         event_id=event.event_id,
@@ -68,6 +77,7 @@ def decide_event(
         action=action,
         scores=scores,
         reasons=reasons,
+        prototype_similarity=predicted_similarity(prototype_similarity, scores),
         model=ModelRef(name=spec.name, version=spec.version),
         policy_version=policies.version,
         timings=Timings(
@@ -84,9 +94,46 @@ def decide_event(
     return Routed(decision, topic)
 
 
-def pool_reason(entropy: float, limit: float | None, scores: dict[str, float]) -> Reason | None:
+def prototype_reason(
+    similarity: npt.NDArray[np.float32] | None,
+    scores: dict[str, float],
+    minimums: Mapping[str, float],
+) -> Reason | None:
+    """The image is unlike the labelled examples of the category the model gave it.
+
+    ``similarity`` holds the cosine to each category's prototype, in the order of ``scores``
+    (NaN where the model has no prototype); only the predicted category's counts.
+    """
+    value = predicted_similarity(similarity, scores)
+    predicted = max(scores, key=lambda name: scores[name])
+    minimum = minimums.get(predicted)
+    if value is None or minimum is None or value >= minimum:
+        return None
+    return Reason(
+        rule=PROTOTYPE_RULE,
+        action=Action.REVIEW,
+        category=predicted,
+        score=value,
+        threshold=minimum,
+    )
+
+
+def predicted_similarity(
+    similarity: npt.NDArray[np.float32] | None, scores: dict[str, float]
+) -> float | None:
+    """The similarity to the predicted category's prototype; None where there is none."""
+    if similarity is None:
+        return None
+    names = list(scores)
+    value = float(similarity[names.index(max(names, key=lambda name: scores[name]))])
+    return None if math.isnan(value) else round(value, 6)
+
+
+def pool_reason(
+    entropy: float | None, limit: float | None, scores: dict[str, float]
+) -> Reason | None:
     """The models of the pool disagree: a person looks instead of an automatic allow."""
-    if limit is None or entropy <= limit:
+    if entropy is None or limit is None or entropy <= limit:
         return None
     return Reason(
         rule=POOL_RULE,

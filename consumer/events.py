@@ -125,6 +125,13 @@ class Decision(BaseModel):
     action: Action
     scores: dict[str, float]
     reasons: list[Reason]
+    prototype_similarity: float | None = Field(
+        default=None,
+        description=(
+            "Cosine similarity of the image's embedding to the prototype of the category the "
+            "model gave it; null when the model has no prototype for that category."
+        ),
+    )
     model: ModelRef
     policy_version: str
     timings: Timings

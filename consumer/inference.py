@@ -22,7 +22,11 @@ logger = logging.getLogger(__name__)
 INPUT_DTYPE = "UINT8"
 PROBS_OUTPUT = "probs"
 EMBEDDING_OUTPUT = "embedding"
+# Optional: cosine similarity of the embedding to each category's prototype, computed in the
+# graph so the prototypes travel with the model version (NaN for categories without one).
+PROTOTYPE_OUTPUT = "prototype_similarity"
 CLASS_NAMES_PARAMETER = "modstream.class_names"
+PROTOTYPES_PARAMETER = "modstream.prototype_categories"
 
 # gRPC codes after which the same request can succeed later (server restarting, overloaded,
 # model being reloaded); anything else is a property of the input.
@@ -49,6 +53,8 @@ class ModelSpec:
     class_names: tuple[str, ...]
     embedding_dim: int
     max_batch_size: int
+    prototype_categories: tuple[str, ...] = ()
+    """Categories the model has a prototype for; empty when it has no prototype output."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class BatchResult:
     probs: npt.NDArray[np.float32]
     embeddings: npt.NDArray[np.float32]
     seconds: float
+    prototype_similarity: npt.NDArray[np.float32] | None = None
 
 
 def error_code(exc: InferenceServerException) -> str:
@@ -145,7 +152,10 @@ class TritonClassifier:
         spec = self.spec
         tensor = InferInput(spec.input_name, list(pixels.shape), INPUT_DTYPE)
         tensor.set_data_from_numpy(pixels)
-        outputs = [InferRequestedOutput(PROBS_OUTPUT), InferRequestedOutput(EMBEDDING_OUTPUT)]
+        names = [PROBS_OUTPUT, EMBEDDING_OUTPUT]
+        if spec.prototype_categories:
+            names.append(PROTOTYPE_OUTPUT)
+        outputs = [InferRequestedOutput(name) for name in names]
         started = time.perf_counter()
         try:
             result = await self._client.infer(
@@ -158,17 +168,18 @@ class TritonClassifier:
         except InferenceServerException as exc:
             raise translate(exc, f"inference on {spec.name!r}") from exc
         elapsed = time.perf_counter() - started
-        probs = result.as_numpy(PROBS_OUTPUT)
-        embeddings = result.as_numpy(EMBEDDING_OUTPUT)
-        if probs is None or embeddings is None or len(probs) != len(pixels):
+        arrays = [result.as_numpy(name) for name in names]
+        if any(array is None or len(array) != len(pixels) for array in arrays):
             raise InferenceRejected(
                 f"model {spec.name!r} returned outputs that do not match the batch of "
                 f"{len(pixels)}; check the model repository"
             )
+        probs, embeddings, *similarity = [np.asarray(array, dtype=np.float32) for array in arrays]
         return BatchResult(
-            probs=probs.astype(np.float32, copy=False),
-            embeddings=embeddings.astype(np.float32, copy=False),
+            probs=probs,
+            embeddings=embeddings,
             seconds=elapsed,
+            prototype_similarity=similarity[0] if similarity else None,
         )
 
 
@@ -222,6 +233,20 @@ def check_model(
             f"{CLASS_NAMES_PARAMETER} lists {len(class_names)} classes, "
             f"output probs has {class_count}"
         )
+    prototype_categories = _parameter_list(config, PROTOTYPES_PARAMETER)
+    similarity = outputs.get(PROTOTYPE_OUTPUT)
+    if similarity is not None:
+        shape = [int(d) for d in similarity["shape"]]
+        if similarity["datatype"] != "FP32" or shape != [-1, class_count]:
+            problems.append(
+                f"output {PROTOTYPE_OUTPUT!r} is {similarity['datatype']} {shape}, expected "
+                f"FP32 [-1, {class_count}] (one similarity per class)"
+            )
+        strangers = sorted(set(prototype_categories) - set(class_names))
+        if strangers:
+            problems.append(f"{PROTOTYPES_PARAMETER} names unknown classes {strangers}")
+    elif prototype_categories:
+        problems.append(f"{PROTOTYPES_PARAMETER} is set but output {PROTOTYPE_OUTPUT!r} is missing")
     if max_batch_size < min_batch_size:
         problems.append(
             f"model max_batch_size is {max_batch_size}; lower MODSTREAM_BATCHING__MAX_BATCH_SIZE "
@@ -247,10 +272,16 @@ def check_model(
         class_names=class_names,
         embedding_dim=embedding_dim,
         max_batch_size=max_batch_size,
+        prototype_categories=prototype_categories if similarity is not None else (),
     )
 
 
 def _class_names(config: dict[str, Any]) -> tuple[str, ...]:
-    parameter = config.get("parameters", {}).get(CLASS_NAMES_PARAMETER, {})
+    return _parameter_list(config, CLASS_NAMES_PARAMETER)
+
+
+def _parameter_list(config: dict[str, Any], key: str) -> tuple[str, ...]:
+    """A comma-separated string parameter of the model config, as a tuple."""
+    parameter = config.get("parameters", {}).get(key, {})
     raw = str(parameter.get("string_value", ""))
     return tuple(name.strip() for name in raw.split(",") if name.strip())

@@ -4,6 +4,10 @@ A policy file holds a ``default`` policy and per-tenant overrides. A tenant over
 single fields: ``{sexual_explicit: {block: 0.6}}`` keeps the default ``review`` threshold
 for ``sexual_explicit``; an explicit ``null`` switches a threshold off. ``block`` wins over
 ``review`` over ``allow``.
+
+``prototype_check`` maps a category to the least cosine similarity an image's embedding must
+have to that category's prototype (the mean embedding of labelled examples, shipped with the
+model version) for the model's label to be trusted; an ``allow`` below it becomes ``review``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Self
 
@@ -34,6 +38,7 @@ TopicName = Annotated[
 ]
 
 THRESHOLD_RULE = "category_threshold"
+Similarity = Annotated[float, Field(ge=-1.0, le=1.0)]
 
 
 class ThresholdSpec(BaseModel):
@@ -81,6 +86,9 @@ class TenantPolicySpec(BaseModel):
     # Review an allowed image when the pool's mean prediction is this uncertain (entropy in
     # nats, 0..ln 5); needs MODSTREAM_TRITON__POOL_MODELS. Null turns it off.
     pool_max_entropy: Annotated[float, Field(gt=0.0)] | None = None
+    # Category -> least cosine similarity to the category's prototype for an allow to stand
+    # when the model labels an image with that category; null switches one off.
+    prototype_check: dict[str, Similarity | None] = Field(default_factory=dict)
 
 
 class PolicyFile(BaseModel):
@@ -92,9 +100,10 @@ class PolicyFile(BaseModel):
     tenants: dict[TenantId, TenantPolicySpec] = Field(default_factory=dict)
 
     def categories(self) -> set[str]:
-        named = set(self.default.thresholds)
+        named = set(self.default.thresholds) | set(self.default.prototype_check)
         for spec in self.tenants.values():
             named.update(spec.thresholds)
+            named.update(spec.prototype_check)
         return named
 
 
@@ -117,11 +126,20 @@ class TopicRoutes:
 
 
 @dataclass(frozen=True)
+class ModelCategories:
+    """What the served model gives policies to name: its categories, and those with a prototype."""
+
+    classes: tuple[str, ...]
+    prototypes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TenantRules:
     thresholds: Mapping[str, Threshold]
     topics: TopicRoutes
     exemplars: ExemplarSpec = DEFAULT_EXEMPLARS
     pool_max_entropy: float | None = None
+    prototype_minimums: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,17 +163,36 @@ class PolicySet:
         return decide(self.rules_for(tenant_id), scores)
 
     def check_categories(self, known: Iterable[str]) -> None:
-        """Raise PolicyError if a threshold names a category the model does not produce."""
+        """Raise PolicyError if a rule names a category the model does not produce."""
         known_set = set(known)
-        named = set(self.default.thresholds)
-        for rules in self.tenants.values():
+        named: set[str] = set()
+        for rules in self._all_rules():
             named.update(rules.thresholds)
+            named.update(rules.prototype_minimums)
         unknown = sorted(named - known_set)
         if unknown:
             raise PolicyError(
                 f"policy names categories the model does not produce: {', '.join(unknown)}; "
                 f"use one of: {', '.join(sorted(known_set))}"
             )
+
+    def check_model(self, model: ModelCategories) -> None:
+        """Raise PolicyError if a rule needs something the served model does not give."""
+        self.check_categories(model.classes)
+        checked: set[str] = set()
+        for rules in self._all_rules():
+            checked.update(rules.prototype_minimums)
+        missing = sorted(checked - set(model.prototypes))
+        if missing:
+            have = ", ".join(model.prototypes) or "none"
+            raise PolicyError(
+                f"prototype_check names {', '.join(missing)}, but the served model has "
+                f"prototypes for: {have}; export the model with labelled examples of those "
+                "categories (python -m training.nsfwjs.export --labelled DIR) or drop them"
+            )
+
+    def _all_rules(self) -> list[TenantRules]:
+        return [self.default, *self.tenants.values()]
 
 
 def decide(rules: TenantRules, scores: Mapping[str, float]) -> Verdict:
@@ -183,24 +220,16 @@ def _reason(action: Action, category: str, score: float, threshold: float) -> Re
 
 def compile_policy(document: PolicyFile, base_topics: TopicRoutes) -> PolicySet:
     """Resolve tenant overrides against the default and the deployment's topics."""
-    default = _compile_one(document.default, {}, base_topics, DEFAULT_EXEMPLARS)
-    tenants = {
-        tenant: _compile_one(
-            spec, default.thresholds, default.topics, default.exemplars, default.pool_max_entropy
-        )
-        for tenant, spec in document.tenants.items()
-    }
+    default = _compile_one(document.default, TenantRules({}, base_topics))
+    tenants = {tenant: _compile_one(spec, default) for tenant, spec in document.tenants.items()}
     return PolicySet(version=policy_version(document), default=default, tenants=tenants)
 
 
-def _compile_one(
-    spec: TenantPolicySpec,
-    inherited: Mapping[str, Threshold],
-    topics: TopicRoutes,
-    exemplars: ExemplarSpec,
-    inherited_pool: float | None = None,
-) -> TenantRules:
-    thresholds = dict(inherited)
+def _compile_one(spec: TenantPolicySpec, inherited: TenantRules) -> TenantRules:
+    """Apply one policy's fields over the rules it inherits (the default's, or none)."""
+    topics = inherited.topics
+    exemplars = inherited.exemplars
+    thresholds = dict(inherited.thresholds)
     for category, override in spec.thresholds.items():
         base = thresholds.get(category, Threshold(None, None))
         fields = override.model_fields_set
@@ -223,13 +252,17 @@ def _compile_one(
             update={name: getattr(spec.exemplars, name) for name in fields}
         )
     pool_max_entropy = (
-        spec.pool_max_entropy if "pool_max_entropy" in spec.model_fields_set else inherited_pool
+        spec.pool_max_entropy
+        if "pool_max_entropy" in spec.model_fields_set
+        else inherited.pool_max_entropy
     )
+    prototype_minimums = {**inherited.prototype_minimums, **spec.prototype_check}
     return TenantRules(
         thresholds=thresholds,
         topics=routes,
         exemplars=exemplars,
         pool_max_entropy=pool_max_entropy,
+        prototype_minimums={k: v for k, v in prototype_minimums.items() if v is not None},
     )
 
 
@@ -287,6 +320,10 @@ def describe(policies: PolicySet) -> str:
             lines.append(
                 f"  {category:<24} review if >= {_fmt(threshold.review):<6} "
                 f"block if >= {_fmt(threshold.block)}"
+            )
+        for category, minimum in sorted(rules.prototype_minimums.items()):
+            lines.append(
+                f"  {category:<24} labelled so: review if prototype similarity < {minimum:.2f}"
             )
     return "\n".join(lines)
 

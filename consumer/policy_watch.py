@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from consumer.errors import PolicyError
 from consumer.metrics import Metrics
 from consumer.policy import (
+    ModelCategories,
     PolicyFile,
     PolicySet,
     TenantPolicySpec,
@@ -49,7 +50,7 @@ class PolicySources:
         document: PolicyFile,
         routes: TopicRoutes,
         *,
-        categories: Callable[[], Sequence[str] | None],
+        categories: Callable[[], ModelCategories | None],
         apply: Callable[[PolicySet], None],
         metrics: Metrics,
     ) -> None:
@@ -75,7 +76,7 @@ class PolicySources:
             combined = document.model_copy(update={"tenants": tenants})
             policies = compile_policy(combined, self._routes)
             if categories is not None:
-                policies.check_categories(categories)
+                policies.check_model(categories)
         except PolicyError as exc:
             self.refused(str(exc))
             return False

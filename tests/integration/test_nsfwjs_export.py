@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 
 from training.nsfwjs import export, load
 from training.nsfwjs.errors import ImportFailed
 from training.nsfwjs.models import NsfwModel
+from training.prototypes import LabelledImage, builtin_labelled_set, compute_prototypes
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +25,21 @@ def model() -> NsfwModel:
     return load(MODEL)
 
 
+@pytest.fixture(scope="module")
+def labelled() -> list[LabelledImage]:
+    return builtin_labelled_set()
+
+
 def _tree(repo: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()
     }
 
 
-def test_export_writes_a_servable_model_directory(model: NsfwModel, tmp_path: Path) -> None:
-    report = export.export_to_repository(model, tmp_path)
+def test_export_writes_a_servable_model_directory(
+    model: NsfwModel, labelled: list[LabelledImage], tmp_path: Path
+) -> None:
+    report = export.export_to_repository(model, tmp_path, labelled, "builtin")
 
     target = tmp_path / "nsfw_mobilenet_v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nsfw_mobilenet_v2"]
@@ -39,22 +49,47 @@ def test_export_writes_a_servable_model_directory(model: NsfwModel, tmp_path: Pa
         "labels.txt",
     ]
     assert report.max_probs_diff <= export.PROBS_TOLERANCE
+    assert report.max_similarity_diff <= export.PROBS_TOLERANCE
     assert (target / "labels.txt").read_text().split() == list(export.CATEGORIES.values())
-    assert 'name: "nsfw_mobilenet_v2"' in (target / "config.pbtxt").read_text()
+    config = (target / "config.pbtxt").read_text()
+    assert 'name: "nsfw_mobilenet_v2"' in config
+    assert 'key: "modstream.prototype_categories" value: { string_value: "safe_drawing,safe" }' in (
+        config
+    )
+    # No labelled explicit images ship: those categories have no prototype.
+    assert report.prototype_counts == {"safe_drawing": 48, "safe": 56}
+
+
+def test_exported_similarity_is_the_cosine_to_each_prototype(
+    model: NsfwModel, labelled: list[LabelledImage], tmp_path: Path
+) -> None:
+    export.export_to_repository(model, tmp_path, labelled, "builtin")
+    session = ort.InferenceSession(str(tmp_path / "nsfw_mobilenet_v2" / "1" / "model.onnx"))
+    images = export.parity_inputs(model.cfg, count=3)
+    _, embedding, similarity = session.run(list(export.OUTPUTS), {"image": images})
+    prototypes = compute_prototypes(model, labelled, "builtin").matrix
+    unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
+    expected = unit @ prototypes.T
+    assert similarity.shape == (3, 5)
+    assert np.isnan(similarity[:, [1, 3, 4]]).all()
+    np.testing.assert_allclose(similarity[:, [0, 2]], expected[:, [0, 2]], atol=1e-5)
 
 
 def test_failed_parity_leaves_the_repository_as_it_was(
-    model: NsfwModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model: NsfwModel,
+    labelled: list[LabelledImage],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    export.export_to_repository(model, tmp_path)
+    export.export_to_repository(model, tmp_path, labelled, "builtin")
     before = _tree(tmp_path)
 
-    def mismatch(model: NsfwModel, onnx_path: Path) -> tuple[float, float]:
-        raise ImportFailed(f"{onnx_path.name} of {model.cfg.name} does not match")
+    def mismatch(served: export.ServedModel, onnx_path: Path) -> tuple[float, float, float]:
+        raise ImportFailed(f"{onnx_path.name} of {served.model.cfg.name} does not match")
 
     monkeypatch.setattr(export, "check_parity", mismatch)
     with pytest.raises(ImportFailed, match="does not match"):
-        export.export_to_repository(model, tmp_path)
+        export.export_to_repository(model, tmp_path, labelled, "builtin")
 
     assert _tree(tmp_path) == before, "a failed export changed or left files in the repository"
 

@@ -112,7 +112,11 @@ def test_metadata_and_config_describe_the_interface(
     inputs = {t.name: (t.datatype, list(t.shape)) for t in metadata.inputs}
     outputs = {t.name: (t.datatype, list(t.shape)) for t in metadata.outputs}
     assert inputs == {"image": ("UINT8", [-1, 224, 224, 3])}
-    assert outputs == {"probs": ("FP32", [-1, 5]), "embedding": ("FP32", [-1, 1280])}
+    assert outputs == {
+        "probs": ("FP32", [-1, 5]),
+        "embedding": ("FP32", [-1, 1280]),
+        "prototype_similarity": ("FP32", [-1, 5]),
+    }
 
     config = client.get_model_config(SERVED_MODEL).config
     assert config.backend == "onnxruntime"

@@ -63,3 +63,35 @@ def test_mismatches_are_refused_with_a_reason(
     with pytest.raises(ModelMismatch) as info:
         check_model(metadata, cfg, "", 32)
     assert message in str(info.value)
+
+
+def _with_prototypes(shape: list[str], categories: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    metadata, config = copy.deepcopy(METADATA), copy.deepcopy(CONFIG)
+    metadata["outputs"].append({"name": "prototype_similarity", "datatype": "FP32", "shape": shape})
+    config["parameters"]["modstream.prototype_categories"] = {"string_value": categories}
+    return metadata, config
+
+
+def test_prototype_output_is_optional_and_names_its_categories() -> None:
+    assert check_model(METADATA, CONFIG, "", 32).prototype_categories == ()
+    spec = check_model(*_with_prototypes(["-1", "5"], "a,c"), "", 32)
+    assert spec.prototype_categories == ("a", "c")
+
+
+@pytest.mark.parametrize(
+    ("shape", "categories", "message"),
+    [
+        (["-1", "4"], "a", "expected FP32 [-1, 5]"),
+        (["-1", "5"], "a,zebra", "unknown classes ['zebra']"),
+    ],
+)
+def test_bad_prototype_outputs_are_refused(shape: list[str], categories: str, message: str) -> None:
+    with pytest.raises(ModelMismatch, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_model(*_with_prototypes(shape, categories), "", 32)
+
+
+def test_prototype_categories_without_the_output_are_refused() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["parameters"]["modstream.prototype_categories"] = {"string_value": "a"}
+    with pytest.raises(ModelMismatch, match="'prototype_similarity' is missing"):
+        check_model(METADATA, config, "", 32)

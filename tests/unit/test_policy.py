@@ -8,6 +8,7 @@ from consumer.errors import PolicyError
 from consumer.events import Action
 from consumer.policy import (
     THRESHOLD_RULE,
+    ModelCategories,
     PolicySet,
     TopicRoutes,
     compile_policy,
@@ -127,10 +128,11 @@ def test_unknown_categories_are_refused_against_the_model() -> None:
 
 def test_repository_policy_loads_and_describes() -> None:
     loaded = load_policy(REPO_POLICY, ROUTES)
-    loaded.check_categories(
-        ["drawing", "sexual_explicit_drawn", "safe", "sexual_explicit", "suggestive"]
-    )
+    classes = ("safe_drawing", "sexual_explicit_drawn", "safe", "sexual_explicit", "suggestive")
+    # What the exported model ships: prototypes for the categories with labelled examples.
+    loaded.check_model(ModelCategories(classes, ("safe_drawing", "safe")))
     text = describe(loaded)
+    assert "safe_drawing             labelled so: review if prototype similarity < 0.50" in text
     assert loaded.version in text
     assert "kids-app" in text
     assert "art-gallery.review" in text

@@ -8,7 +8,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from consumer.metrics import Metrics
-from consumer.policy import PolicySet, TopicRoutes, load_policy, parse_policy
+from consumer.policy import ModelCategories, PolicySet, TopicRoutes, load_policy, parse_policy
 from consumer.policy_watch import PolicySources, PolicyTopic, PolicyWatcher
 
 ROUTES = TopicRoutes(allow="a", review="r", block="b")
@@ -25,7 +25,9 @@ class Harness:
         self.sources = PolicySources(
             parse_policy(path.read_text(), str(path)),
             ROUTES,
-            categories=lambda: self.categories,
+            categories=lambda: (
+                None if self.categories is None else ModelCategories(self.categories)
+            ),
             apply=self.applied.append,
             metrics=self.metrics,
         )
