@@ -11,8 +11,9 @@ topic: a bank is reference data that changes by deliberate edits, is reviewed an
 with the deployment and mounted read-only into consumers; a save writes a new folder and
 swaps it in by rename, so a reader never sees half a bank.
 
-Lookup is exact: a Hamming scan over packed hashes and one matrix-vector product over the
-embeddings (see ``bench/results/bank_lookup.json`` for its cost at 10k-1M entries).
+Lookup goes through ``consumer.bank_index``: exact for hashes, exact for the embeddings of
+small banks and approximate (then re-scored exactly) for large ones; see
+``bench/results/bank_lookup.json`` for its cost and recall at 10k-1M entries.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from consumer.bank_index import EmbeddingIndex, HashIndex
 from consumer.errors import ConfigError
 from consumer.folders import replace_folder
 
 PDQ_BYTES = 32
 ALL_TENANTS = "*"
-_POPCOUNT = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
 
 
 class BankError(ConfigError):
@@ -95,6 +96,7 @@ class Bank:
         self.entries = entries
         self.pdq = pdq
         self.embeddings = embeddings
+        self._indexes: tuple[HashIndex, EmbeddingIndex] | None = None
 
     @classmethod
     def empty(cls, meta: BankFile) -> Bank:
@@ -113,22 +115,23 @@ class Bank:
 
     # ── lookup ─────────────────────────────────────────────────────────────────────────────
 
+    def index(self) -> tuple[HashIndex, EmbeddingIndex]:
+        """The search indexes, built on first use (a large bank takes seconds: build it before
+        serving) and again after a change."""
+        if self._indexes is None:
+            self._indexes = (
+                HashIndex(self.pdq),
+                EmbeddingIndex(self.embeddings, self.meta.bank_id),
+            )
+        return self._indexes
+
     def nearest_pdq(self, pdq: bytes) -> tuple[int, int] | None:
         """(index, Hamming distance) of the closest hash, or None for an empty bank."""
-        if not self.entries:
-            return None
-        query = np.frombuffer(pdq, dtype=np.uint8)
-        distances = _POPCOUNT[np.bitwise_xor(self.pdq, query)].sum(axis=1, dtype=np.int32)
-        index = int(np.argmin(distances))
-        return index, int(distances[index])
+        return self.index()[0].nearest(np.frombuffer(pdq, dtype=np.uint8))
 
     def nearest_embedding(self, embedding: npt.NDArray[np.float32]) -> tuple[int, float] | None:
         """(index, cosine similarity) of the closest entry, or None for an empty bank."""
-        if not self.entries:
-            return None
-        similarities = self.embeddings @ unit(embedding)
-        index = int(np.argmax(similarities))
-        return index, float(similarities[index])
+        return self.index()[1].nearest(unit(embedding))
 
     # ── changes ────────────────────────────────────────────────────────────────────────────
 
@@ -156,6 +159,7 @@ class Bank:
         vectors = np.stack([unit(embedding) for _, _, embedding in items])
         self.pdq = np.vstack([self.pdq, hashes])
         self.embeddings = np.vstack([self.embeddings, vectors])
+        self._indexes = None
 
     def remove(self, entry_id: str) -> None:
         keep = [i for i, entry in enumerate(self.entries) if entry.entry_id != entry_id]
@@ -164,6 +168,7 @@ class Bank:
         self.entries = [self.entries[i] for i in keep]
         self.pdq = self.pdq[keep]
         self.embeddings = self.embeddings[keep]
+        self._indexes = None
 
     # ── storage ────────────────────────────────────────────────────────────────────────────
 
@@ -227,6 +232,8 @@ class BankSet:
             for child in sorted(folder.iterdir())
             if (child / "bank.json").is_file()
         ]
+        for bank in banks:
+            bank.index()  # before the first event, not during it
         return cls(banks)
 
     def __bool__(self) -> bool:

@@ -56,6 +56,7 @@ def decide_event(
     """
     rules = policies.rules_for(event.tenant_id)
     scores = {name: round(float(p), 6) for name, p in zip(spec.class_names, probs, strict=True)}
+    similarity = predicted_similarity(prototype_similarity, scores)
     verdict = policies.decide(event.tenant_id, scores)
     reasons = list(verdict.reasons)
     if exemplar is not None:
@@ -64,7 +65,7 @@ def decide_event(
     action = reasons[0].action if reasons else Action.ALLOW
     if action is Action.ALLOW:
         escalations = [
-            prototype_reason(prototype_similarity, scores, rules.prototype_minimums),
+            prototype_reason(similarity, scores, rules.prototype_minimums),
             pool_reason(pool_entropy, rules.pool_max_entropy, scores),
         ]
         fired = [reason for reason in escalations if reason is not None]
@@ -77,7 +78,7 @@ def decide_event(
         action=action,
         scores=scores,
         reasons=reasons,
-        prototype_similarity=predicted_similarity(prototype_similarity, scores),
+        prototype_similarity=similarity,
         model=ModelRef(name=spec.name, version=spec.version),
         policy_version=policies.version,
         timings=Timings(
@@ -95,25 +96,21 @@ def decide_event(
 
 
 def prototype_reason(
-    similarity: npt.NDArray[np.float32] | None,
-    scores: dict[str, float],
-    minimums: Mapping[str, float],
+    similarity: float | None, scores: dict[str, float], minimums: Mapping[str, float]
 ) -> Reason | None:
     """The image is unlike the labelled examples of the category the model gave it.
 
-    ``similarity`` holds the cosine to each category's prototype, in the order of ``scores``
-    (NaN where the model has no prototype); only the predicted category's counts.
+    ``similarity`` is the cosine to the predicted category's prototype (None: it has none).
     """
-    value = predicted_similarity(similarity, scores)
     predicted = max(scores, key=lambda name: scores[name])
     minimum = minimums.get(predicted)
-    if value is None or minimum is None or value >= minimum:
+    if similarity is None or minimum is None or similarity >= minimum:
         return None
     return Reason(
         rule=PROTOTYPE_RULE,
         action=Action.REVIEW,
         category=predicted,
-        score=value,
+        score=similarity,
         threshold=minimum,
     )
 

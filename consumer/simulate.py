@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from consumer.decisions import prototype_reason
 from consumer.errors import ConfigError
 from consumer.events import Action, TenantId
 from consumer.policy import PolicySet, Threshold, decide
@@ -32,6 +33,9 @@ class ScoredEvent(BaseModel):
 
     tenant_id: TenantId
     scores: dict[str, float]
+    prototype_similarity: float | None = Field(
+        default=None, description="as decisions carry it; enables the prototype check"
+    )
     label: Action | None = Field(default=None, description="the right action, when known")
 
 
@@ -101,11 +105,17 @@ def read_events(path: Path) -> list[ScoredEvent]:
 
 
 def simulate(policies: PolicySet, events: Iterable[ScoredEvent]) -> Simulation:
+    """Decide every event as the consumer would from its scores (the pool and bank rules
+    need the images and are not replayed)."""
     result = Simulation()
     for event in events:
-        verdict = policies.decide(event.tenant_id, event.scores)
+        action = policies.decide(event.tenant_id, event.scores).action
+        if action is Action.ALLOW:
+            minimums = policies.rules_for(event.tenant_id).prototype_minimums
+            if prototype_reason(event.prototype_similarity, event.scores, minimums):
+                action = Action.REVIEW
         label = event.label.value if event.label is not None else None
-        result.add(event.tenant_id, verdict.action.value, label)
+        result.add(event.tenant_id, action.value, label)
     return result
 
 

@@ -118,3 +118,19 @@ def test_bad_events_file_exits_2_naming_the_line(
     events.write_text('{"tenant_id": "acme", "scores": {}}\n{"tenant_id": "acme"}\n')
     assert main(["policy", "simulate", "--policy", str(policy), "--events", str(events)]) == 2
     assert "bad.jsonl:2: scores" in capsys.readouterr().err
+
+
+def test_the_prototype_check_is_replayed_from_decisions(tmp_path: Path) -> None:
+    policy = "default:\n  prototype_check: {safe: 0.5}\n"
+    policies = compile_policy(parse_policy(policy, "test"), TopicRoutes("a", "r", "b"))
+    rows = [
+        {"tenant_id": "acme", "scores": {"safe": 0.9, "x": 0.1}, "prototype_similarity": 0.3},
+        {"tenant_id": "acme", "scores": {"safe": 0.9, "x": 0.1}, "prototype_similarity": 0.7},
+        {"tenant_id": "acme", "scores": {"safe": 0.9, "x": 0.1}, "prototype_similarity": None},
+        # Labelled "x", which has no minimum: not checked.
+        {"tenant_id": "acme", "scores": {"safe": 0.1, "x": 0.9}, "prototype_similarity": 0.1},
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = simulate(policies, read_events(path))
+    assert dict(result.by_tenant["acme"]) == {"allow": 3, "review": 1}
