@@ -217,7 +217,12 @@ def unit(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 def compute_prototypes(model: NsfwModel, images: list[LabelledImage], source: str) -> Prototypes:
     """Mean of the unit embeddings per category (each image weighs the same), made unit."""
-    embeddings = embed(model, decoded(images, model.cfg.input_size))
+    return prototypes_of(embed(model, decoded(images, model.cfg.input_size)), images, source)
+
+
+def prototypes_of(
+    embeddings: npt.NDArray[np.float32], images: list[LabelledImage], source: str
+) -> Prototypes:
     matrix = np.full((len(CATEGORY_ORDER), embeddings.shape[1]), np.nan, dtype=np.float32)
     counts: dict[str, int] = {}
     for row, category in enumerate(CATEGORY_ORDER):
@@ -280,7 +285,7 @@ def calibration_report(
 ) -> dict[str, Any]:
     """What a threshold is chosen from: held-out labelled similarities and probe images."""
     embeddings = embed(model, decoded(images, model.cfg.input_size))
-    prototypes = compute_prototypes(model, images, source)
+    prototypes = prototypes_of(embeddings, images, source)
     held_out = leave_one_source_out(embeddings, images)
     probes = probe_images()
     pixels = decoded(
