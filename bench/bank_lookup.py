@@ -30,22 +30,18 @@ from consumer.bank_index import (
     EmbeddingIndex,
     HashIndex,
 )
+from consumer.banks import unit
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bank_lookup.json"
 DIM = 1280
 _POPCOUNT = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
 
 
-def unit_rows(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    result: npt.NDArray[np.float32] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    return result
-
-
 def random_embeddings(size: int, rng: np.random.Generator) -> npt.NDArray[np.float32]:
     embeddings = np.empty((size, DIM), dtype=np.float32)
     for start in range(0, size, 100_000):
         block = rng.standard_normal((min(100_000, size - start), DIM), dtype=np.float32)
-        embeddings[start : start + len(block)] = unit_rows(block)
+        embeddings[start : start + len(block)] = unit(block)
     return embeddings
 
 
@@ -54,14 +50,12 @@ def near_duplicates(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Rows drawn at random, each moved to a cosine of 0.97-0.99 from where it was."""
     rows = rng.choice(len(embeddings), count, replace=False)
-    noise = unit_rows(rng.standard_normal((count, DIM), dtype=np.float32))
+    noise = unit(rng.standard_normal((count, DIM), dtype=np.float32))
     # Remove the component along the original so the mix sets the cosine exactly.
-    noise = unit_rows(
-        noise - np.sum(noise * embeddings[rows], axis=1, keepdims=True) * embeddings[rows]
-    )
+    noise = unit(noise - np.sum(noise * embeddings[rows], axis=1, keepdims=True) * embeddings[rows])
     cosine = rng.uniform(0.97, 0.99, size=(count, 1)).astype(np.float32)
     queries = cosine * embeddings[rows] + np.sqrt(1 - cosine**2) * noise
-    return rows, unit_rows(queries.astype(np.float32))
+    return rows, unit(queries.astype(np.float32))
 
 
 def per_query_ms(run: Callable[[int], object], queries: int) -> float:

@@ -98,9 +98,9 @@ class Inferred:
     embedding: npt.NDArray[np.float32]
     """Of the first frame."""
     seconds: float
-    pool_entropy: float | None = None
+    pool_entropy: float | None
     """Entropy of the pool's mean prediction, highest over the frames; None without a pool."""
-    prototype_similarity: npt.NDArray[np.float32] | None = None
+    prototype_similarity: npt.NDArray[np.float32] | None
     """Per category, the lowest over the frames; None when the model has no prototypes."""
 
 
@@ -185,9 +185,7 @@ class Pipeline:
 
     def model_categories(self) -> ModelCategories | None:
         """What the served model gives policies, or None before the pipeline connected."""
-        if self._spec is None:
-            return None
-        return ModelCategories(self._spec.class_names, self._spec.prototype_categories)
+        return _model_categories(self._spec) if self._spec is not None else None
 
     def replace_policies(self, policies: PolicySet) -> None:
         """Decide every event from now on with ``policies`` (already validated)."""
@@ -211,9 +209,7 @@ class Pipeline:
         """
         try:
             self._spec = await self._classifier.connect(self._max_batch_size)
-            self._policies.check_model(
-                ModelCategories(self._spec.class_names, self._spec.prototype_categories)
-            )
+            self._policies.check_model(_model_categories(self._spec))
             for member in self._pool:
                 _check_pool_member(self._spec, await member.connect(self._max_batch_size))
         except BaseException:
@@ -449,10 +445,10 @@ class Pipeline:
                 *await self._classify(batch[middle:]),
             ]
         outcomes: list[tuple[Prepared, Inferred | InferenceRejected]] = []
+        entropies, similarity = inferred.pool_entropy, inferred.prototype_similarity
         start = 0
         for item, count in zip(batch, counts, strict=True):
             frames = slice(start, start + count)
-            entropies, similarity = inferred.pool_entropy, inferred.prototype_similarity
             outcome = Inferred(
                 probs=inferred.probs[frames].max(axis=0),
                 embedding=inferred.embeddings[start],
@@ -806,6 +802,10 @@ async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
         logger.warning("Kafka consumer closed while a fetch was being retried")
         return
     closing.result()
+
+
+def _model_categories(spec: ModelSpec) -> ModelCategories:
+    return ModelCategories(spec.class_names, spec.prototype_categories)
 
 
 def _entropy(probs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -96,7 +96,8 @@ class Bank:
         self.entries = entries
         self.pdq = pdq
         self.embeddings = embeddings
-        self._indexes: tuple[HashIndex, EmbeddingIndex] | None = None
+        self._hash_index: HashIndex | None = None
+        self._embedding_index: EmbeddingIndex | None = None
 
     @classmethod
     def empty(cls, meta: BankFile) -> Bank:
@@ -115,23 +116,26 @@ class Bank:
 
     # ── lookup ─────────────────────────────────────────────────────────────────────────────
 
-    def index(self) -> tuple[HashIndex, EmbeddingIndex]:
-        """The search indexes, built on first use (a large bank takes seconds: build it before
-        serving) and again after a change."""
-        if self._indexes is None:
-            self._indexes = (
-                HashIndex(self.pdq),
-                EmbeddingIndex(self.embeddings, self.meta.bank_id),
-            )
-        return self._indexes
+    def hash_index(self) -> HashIndex:
+        """Built on first use, and again after a change."""
+        if self._hash_index is None:
+            self._hash_index = HashIndex(self.pdq)
+        return self._hash_index
+
+    def embedding_index(self) -> EmbeddingIndex:
+        """Built on first use (a large bank takes seconds: build it before serving), and
+        again after a change."""
+        if self._embedding_index is None:
+            self._embedding_index = EmbeddingIndex(self.embeddings, self.meta.bank_id)
+        return self._embedding_index
 
     def nearest_pdq(self, pdq: bytes) -> tuple[int, int] | None:
         """(index, Hamming distance) of the closest hash, or None for an empty bank."""
-        return self.index()[0].nearest(np.frombuffer(pdq, dtype=np.uint8))
+        return self.hash_index().nearest(np.frombuffer(pdq, dtype=np.uint8))
 
     def nearest_embedding(self, embedding: npt.NDArray[np.float32]) -> tuple[int, float] | None:
         """(index, cosine similarity) of the closest entry, or None for an empty bank."""
-        return self.index()[1].nearest(unit(embedding))
+        return self.embedding_index().nearest(unit(embedding))
 
     # ── changes ────────────────────────────────────────────────────────────────────────────
 
@@ -156,10 +160,10 @@ class Bank:
             return
         self.entries.extend(entry for entry, _, _ in items)
         hashes = np.stack([np.frombuffer(pdq, dtype=np.uint8) for _, pdq, _ in items])
-        vectors = np.stack([unit(embedding) for _, _, embedding in items])
+        vectors = unit(np.stack([embedding for _, _, embedding in items]))
         self.pdq = np.vstack([self.pdq, hashes])
         self.embeddings = np.vstack([self.embeddings, vectors])
-        self._indexes = None
+        self._hash_index = self._embedding_index = None
 
     def remove(self, entry_id: str) -> None:
         keep = [i for i, entry in enumerate(self.entries) if entry.entry_id != entry_id]
@@ -168,7 +172,7 @@ class Bank:
         self.entries = [self.entries[i] for i in keep]
         self.pdq = self.pdq[keep]
         self.embeddings = self.embeddings[keep]
-        self._indexes = None
+        self._hash_index = self._embedding_index = None
 
     # ── storage ────────────────────────────────────────────────────────────────────────────
 
@@ -233,7 +237,7 @@ class BankSet:
             if (child / "bank.json").is_file()
         ]
         for bank in banks:
-            bank.index()  # before the first event, not during it
+            bank.hash_index()  # before the first event, not during it
         return cls(banks)
 
     def __bool__(self) -> bool:
@@ -247,6 +251,9 @@ class BankSet:
             if (bank.meta.model.name, bank.meta.model.version) != (name, version)
         ]
         self._embedding_banks = {bank.meta.bank_id for bank in self.banks} - set(left_out)
+        for bank in self.banks:
+            if bank.meta.bank_id in self._embedding_banks:
+                bank.embedding_index()  # only banks that will be searched by embedding
         return left_out
 
     def match(
@@ -259,16 +266,18 @@ class BankSet:
     ) -> Match | None:
         """The most severe, then closest, match among the tenant's banks, if any."""
         found: list[Match] = []
+        hash_query = np.frombuffer(pdq, dtype=np.uint8) if pdq is not None else None
+        unit_query = unit(embedding) if embedding is not None else None
         for bank in self.banks:
             if not bank.applies_to(tenant_id):
                 continue
-            if pdq is not None and max_pdq_distance is not None:
-                nearest = bank.nearest_pdq(pdq)
+            if hash_query is not None and max_pdq_distance is not None:
+                nearest = bank.hash_index().nearest(hash_query)
                 if nearest is not None and nearest[1] <= max_pdq_distance:
                     found.append(_match(bank, nearest[0], "pdq", float(nearest[1])))
             usable = bank.meta.bank_id in self._embedding_banks
-            if embedding is not None and min_similarity is not None and usable:
-                closest = bank.nearest_embedding(embedding)
+            if unit_query is not None and min_similarity is not None and usable:
+                closest = bank.embedding_index().nearest(unit_query)
                 if closest is not None and closest[1] >= min_similarity:
                     found.append(_match(bank, closest[0], "embedding", 1.0 - closest[1]))
         if not found:
@@ -281,9 +290,10 @@ def _match(bank: Bank, index: int, by: Literal["pdq", "embedding"], distance: fl
     return Match(bank.meta.bank_id, entry.entry_id, entry.label, bank.meta.action, by, distance)
 
 
-def unit(vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    norm = float(np.linalg.norm(vector))
-    result: npt.NDArray[np.float32] = (vector / norm if norm > 0 else vector).astype(np.float32)
+def unit(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Each vector (the last axis) scaled to length 1; zero vectors stay zero."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    result: npt.NDArray[np.float32] = (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
     return result
 
 

@@ -13,7 +13,7 @@ import numpy.typing as npt
 from consumer.banks import Match
 from consumer.events import Action, Decision, ImageEvent, ModelRef, Reason, Timings
 from consumer.inference import ModelSpec
-from consumer.policy import ExemplarSpec, PolicySet
+from consumer.policy import ExemplarSpec, PolicySet, TenantRules, decide
 
 
 @dataclass(frozen=True)
@@ -56,19 +56,15 @@ def decide_event(
     """
     rules = policies.rules_for(event.tenant_id)
     scores = {name: round(float(p), 6) for name, p in zip(spec.class_names, probs, strict=True)}
-    similarity = predicted_similarity(prototype_similarity, scores)
-    verdict = policies.decide(event.tenant_id, scores)
-    reasons = list(verdict.reasons)
+    predicted = max(scores, key=scores.__getitem__)
+    similarity = predicted_similarity(prototype_similarity, list(scores).index(predicted))
+    reasons = list(decide(rules, scores).reasons)
     if exemplar is not None:
         reasons.append(exemplar_reason(exemplar, rules.exemplars))
         reasons.sort(key=lambda r: -r.action.severity)
     action = reasons[0].action if reasons else Action.ALLOW
     if action is Action.ALLOW:
-        escalations = [
-            prototype_reason(similarity, scores, rules.prototype_minimums),
-            pool_reason(pool_entropy, rules.pool_max_entropy, scores),
-        ]
-        fired = [reason for reason in escalations if reason is not None]
+        fired = untrusted_label(rules, predicted, similarity, pool_entropy)
         if fired:
             reasons.extend(fired)
             action = Action.REVIEW
@@ -91,18 +87,27 @@ def decide_event(
         decided_at=decided_at,
         metadata=dict(event.metadata),
     )
-    topic = policies.rules_for(event.tenant_id).topics.for_action(action)
-    return Routed(decision, topic)
+    return Routed(decision, rules.topics.for_action(action))
+
+
+def untrusted_label(
+    rules: TenantRules, predicted: str, similarity: float | None, pool_entropy: float | None
+) -> list[Reason]:
+    """Why an ``allow`` of the ``predicted`` category should be reviewed instead, if at all."""
+    escalations = [
+        prototype_reason(similarity, predicted, rules.prototype_minimums),
+        pool_reason(pool_entropy, rules.pool_max_entropy, predicted),
+    ]
+    return [reason for reason in escalations if reason is not None]
 
 
 def prototype_reason(
-    similarity: float | None, scores: dict[str, float], minimums: Mapping[str, float]
+    similarity: float | None, predicted: str, minimums: Mapping[str, float]
 ) -> Reason | None:
     """The image is unlike the labelled examples of the category the model gave it.
 
     ``similarity`` is the cosine to the predicted category's prototype (None: it has none).
     """
-    predicted = max(scores, key=lambda name: scores[name])
     minimum = minimums.get(predicted)
     if similarity is None or minimum is None or similarity >= minimum:
         return None
@@ -116,26 +121,23 @@ def prototype_reason(
 
 
 def predicted_similarity(
-    similarity: npt.NDArray[np.float32] | None, scores: dict[str, float]
+    similarity: npt.NDArray[np.float32] | None, predicted_index: int
 ) -> float | None:
     """The similarity to the predicted category's prototype; None where there is none."""
     if similarity is None:
         return None
-    names = list(scores)
-    value = float(similarity[names.index(max(names, key=lambda name: scores[name]))])
+    value = float(similarity[predicted_index])
     return None if math.isnan(value) else round(value, 6)
 
 
-def pool_reason(
-    entropy: float | None, limit: float | None, scores: dict[str, float]
-) -> Reason | None:
+def pool_reason(entropy: float | None, limit: float | None, predicted: str) -> Reason | None:
     """The models of the pool disagree: a person looks instead of an automatic allow."""
     if entropy is None or limit is None or entropy <= limit:
         return None
     return Reason(
         rule=POOL_RULE,
         action=Action.REVIEW,
-        category=max(scores, key=lambda name: scores[name]),
+        category=predicted,
         score=round(entropy, 6),
         threshold=limit,
     )

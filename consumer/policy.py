@@ -99,13 +99,6 @@ class PolicyFile(BaseModel):
     default: TenantPolicySpec
     tenants: dict[TenantId, TenantPolicySpec] = Field(default_factory=dict)
 
-    def categories(self) -> set[str]:
-        named = set(self.default.thresholds) | set(self.default.prototype_check)
-        for spec in self.tenants.values():
-            named.update(spec.thresholds)
-            named.update(spec.prototype_check)
-        return named
-
 
 @dataclass(frozen=True)
 class Threshold:

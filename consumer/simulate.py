@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from consumer.decisions import prototype_reason
+from consumer.decisions import untrusted_label
 from consumer.errors import ConfigError
 from consumer.events import Action, TenantId
 from consumer.policy import PolicySet, Threshold, decide
@@ -109,10 +109,11 @@ def simulate(policies: PolicySet, events: Iterable[ScoredEvent]) -> Simulation:
     need the images and are not replayed)."""
     result = Simulation()
     for event in events:
-        action = policies.decide(event.tenant_id, event.scores).action
+        rules = policies.rules_for(event.tenant_id)
+        action = decide(rules, event.scores).action
         if action is Action.ALLOW:
-            minimums = policies.rules_for(event.tenant_id).prototype_minimums
-            if prototype_reason(event.prototype_similarity, event.scores, minimums):
+            predicted = max(event.scores, key=event.scores.__getitem__)
+            if untrusted_label(rules, predicted, event.prototype_similarity, None):
                 action = Action.REVIEW
         label = event.label.value if event.label is not None else None
         result.add(event.tenant_id, action.value, label)

@@ -23,7 +23,7 @@ import json
 import logging
 import random
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +33,17 @@ import numpy.typing as npt
 import torch
 from PIL import Image, ImageDraw
 
+from consumer.banks import unit
 from consumer.errors import EventRejected
 from consumer.imaging import ImageLimits, decode_image
+from consumer.samples import photo_image
 from training.nsfwjs.errors import ImportFailed
-from training.nsfwjs.models import MODELS, NsfwModel, load
+from training.nsfwjs.models import CATEGORIES, CLASS_NAMES, MODELS, NsfwModel, load
 
 logger = logging.getLogger(__name__)
 
 # The moderation categories, in the order of the nsfwjs classes.
-CATEGORY_ORDER = ("safe_drawing", "sexual_explicit_drawn", "safe", "sexual_explicit", "suggestive")
+CATEGORY_ORDER = tuple(CATEGORIES[name] for name in CLASS_NAMES)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
 # scikit-image photos in the built-in ``safe`` set. chelsea and coffee are left out on purpose:
@@ -121,26 +123,13 @@ def encode(image: Image.Image, format: str = "PNG", **options: Any) -> bytes:
     return out.getvalue()
 
 
-def skimage_photo(name: str) -> Image.Image:
-    """One of scikit-image's bundled photos as RGB (needs the ``local`` extra)."""
-    from skimage import data
-
-    loader: Callable[[], Any] = getattr(data, name)
-    pixels = np.asarray(loader())
-    if pixels.dtype == bool:
-        pixels = pixels.astype(np.uint8) * 255
-    if pixels.ndim == 2:
-        pixels = np.stack([pixels] * 3, axis=-1)
-    return Image.fromarray(pixels[..., :3].astype(np.uint8))
-
-
 def builtin_labelled_set(augmentations: int = 3, seed: int = 0) -> list[LabelledImage]:
     """scikit-image photos (``safe``, each with random crops, flips and JPEG re-encodes) and
     synthetic clip-art (``safe_drawing``)."""
     rng = random.Random(seed)
     images: list[LabelledImage] = []
     for name in BUILTIN_PHOTOS:
-        photo = skimage_photo(name)
+        photo = photo_image(name)
         images.append(LabelledImage("safe", f"skimage:{name}", encode(photo, "JPEG", quality=90)))
         for _ in range(augmentations):
             images.append(LabelledImage("safe", f"skimage:{name}", _augment(photo, rng)))
@@ -182,6 +171,13 @@ def labelled_folder(folder: Path) -> list[LabelledImage]:
     return images
 
 
+def load_labelled(folder: Path | None) -> tuple[list[LabelledImage], str]:
+    """The images of ``folder``, or the built-in set when None; and where they came from."""
+    if folder is None:
+        return builtin_labelled_set(), "builtin"
+    return labelled_folder(folder), str(folder)
+
+
 def decoded(images: Iterable[LabelledImage], size: int) -> npt.NDArray[np.uint8]:
     """Decode as the consumer does (same resize), so prototypes see what Triton will see."""
     pixels = []
@@ -207,12 +203,6 @@ def embed(
             rows.append(embedding.numpy())
     embeddings = np.concatenate(rows)
     return unit(embeddings)
-
-
-def unit(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-    result: npt.NDArray[np.float32] = (rows / np.maximum(norms, 1e-12)).astype(np.float32)
-    return result
 
 
 def compute_prototypes(model: NsfwModel, images: list[LabelledImage], source: str) -> Prototypes:
@@ -268,12 +258,12 @@ def probe_images() -> dict[str, bytes]:
         "uniform_noise": encode(
             Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
         ),
-        "scanned_page": encode(skimage_photo("page")),
-        "text": encode(skimage_photo("text")),
-        "logo": encode(skimage_photo("logo")),
+        "scanned_page": encode(photo_image("page")),
+        "text": encode(photo_image("text")),
+        "logo": encode(photo_image("logo")),
     }
     for name in HELD_OUT_PHOTOS:
-        probes[f"unseen_photo_{name}"] = encode(skimage_photo(name), "JPEG", quality=90)
+        probes[f"unseen_photo_{name}"] = encode(photo_image(name), "JPEG", quality=90)
     for offset in range(2):
         seed = HELD_OUT_DRAWING_SEED + offset
         probes[f"unseen_clipart_{offset}"] = encode(clipart(seed))
@@ -292,8 +282,8 @@ def calibration_report(
         [LabelledImage("probe", name, data) for name, data in probes.items()], model.cfg.input_size
     )
     with torch.no_grad():
-        probs, _ = model.uint8_input()(torch.from_numpy(pixels))
-    similarity = embed(model, pixels) @ np.nan_to_num(prototypes.matrix).T
+        probs, embedding = model.uint8_input()(torch.from_numpy(pixels))
+    similarity = unit(embedding.numpy()) @ np.nan_to_num(prototypes.matrix).T
     probe_rows = {}
     for row, name in enumerate(probes):
         predicted = int(np.argmax(probs[row].numpy()))
@@ -329,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        images = labelled_folder(args.labelled) if args.labelled else builtin_labelled_set()
-        source = str(args.labelled) if args.labelled else "builtin"
+        images, source = load_labelled(args.labelled)
         report = calibration_report(load(args.model), images, source)
     except ImportFailed as exc:
         sys.stderr.write(f"prototypes failed: {exc}\n")

@@ -21,20 +21,18 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
 
+from consumer.samples import photo_image
 from training.nsfwjs import load
 from training.nsfwjs.errors import ImportFailed
-from training.nsfwjs.export import CATEGORIES
-from training.nsfwjs.models import NsfwModel
+from training.nsfwjs.models import CATEGORIES, NsfwModel
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +81,7 @@ class Made:
 
 def photo(name: str) -> npt.NDArray[np.uint8]:
     """A scikit-image sample photo as RGB uint8, stretched to the model's input size."""
-    from skimage import data
-
-    loader: Callable[[], Any] = getattr(data, name)
-    rgb = Image.fromarray(np.asarray(loader())).convert("RGB")
+    rgb = photo_image(name)
     return np.asarray(rgb.resize((SIZE, SIZE), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 

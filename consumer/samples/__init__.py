@@ -30,17 +30,20 @@ class Sample:
     """Scores the model gave when the sample was made (stand-ins only)."""
 
 
-def photos(quality: int = 90) -> list[Sample]:
-    """scikit-image's sample photos as JPEG (needs the ``local`` extra)."""
+def photo_image(name: str) -> Image.Image:
+    """One of scikit-image's bundled images as RGB (needs the ``local`` extra)."""
     from skimage import data
 
+    loader: Callable[[], Any] = getattr(data, name)
+    return Image.fromarray(np.asarray(loader())).convert("RGB")
+
+
+def photos(quality: int = 90) -> list[Sample]:
+    """scikit-image's sample photos as JPEG (needs the ``local`` extra)."""
     samples = []
     for name in PHOTOS:
-        loader: Callable[[], Any] = getattr(data, name)
         out = io.BytesIO()
-        Image.fromarray(np.asarray(loader())).convert("RGB").save(
-            out, format="JPEG", quality=quality
-        )
+        photo_image(name).save(out, format="JPEG", quality=quality)
         samples.append(Sample(name, out.getvalue()))
     return samples
 

@@ -48,8 +48,13 @@ async def produce_all(
     records: Iterable[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]]]],
 ) -> dict[int, int]:
     """Produce (key, value, headers) records; return the end offset of each partition written."""
+    return ends_of(await produce_positions(bootstrap, topic, records))
+
+
+def ends_of(positions: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """The end offset (last + 1) of each partition among (partition, offset) positions."""
     ends: dict[int, int] = {}
-    for partition, offset in await produce_positions(bootstrap, topic, records):
+    for partition, offset in positions:
         ends[partition] = max(ends.get(partition, 0), offset + 1)
     return ends
 

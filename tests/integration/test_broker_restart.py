@@ -19,7 +19,6 @@ from consumer.audit import audit
 from consumer.local.process import ManagedProcess, free_port
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
-from consumer.service import serve
 from tests.integration.kafka_io import produce_all
 from tests.integration.test_pipeline import (
     PARTITIONS,
@@ -29,6 +28,7 @@ from tests.integration.test_pipeline import (
     make_settings,
     output_topics,
     png,
+    running,
     wait_committed,
     wait_for,
 )
@@ -98,9 +98,7 @@ async def test_broker_restart_with_s3_storage_loses_nothing(
         async def some_committed() -> bool:
             return sum((await group_committed(settings)).values()) > 0
 
-        stop = asyncio.Event()
-        task = asyncio.create_task(serve(settings, stop))
-        try:
+        async with running(settings):
             await wait_for(some_committed, timeout_s=60)
             before = sum((await group_committed(settings)).values())
             assert before < len(records), "restart came too late to test anything"
@@ -108,9 +106,6 @@ async def test_broker_restart_with_s3_storage_loses_nothing(
             await asyncio.to_thread(broker.restart)
             restarted_s = time.monotonic() - down
             await wait_committed(settings, ends, timeout_s=180)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=60)
         report = await audit(
             kafka.bootstrap_servers, kafka.input_topic, outputs, settings.topics.dead_letter
         )

@@ -15,9 +15,9 @@ from consumer.local.process import proc_status_kib
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
 from tests.hostile import MAX_IMAGE_BYTES, MAX_PIXELS, hostile_events
-from tests.integration.kafka_io import committed_offsets, produce_positions
+from tests.integration.kafka_io import ends_of, produce_positions
 from tests.integration.processes import ConsumerProcess, consumer_env
-from tests.integration.test_pipeline import PARTITIONS, make_settings, output_topics, wait_for
+from tests.integration.test_pipeline import PARTITIONS, make_settings, output_topics, wait_committed
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +49,7 @@ async def hostile_run(
         [(f"h-{i}".encode(), value, []) for i, (value, _) in enumerate(corpus)],
     )
     expected = {position: code for position, (_, code) in zip(positions, corpus, strict=True)}
-    ends: dict[int, int] = {}
-    for partition, offset in positions:
-        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    ends = ends_of(positions)
 
     env = consumer_env(settings) | {
         "MODSTREAM_IMAGING__MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
@@ -60,14 +58,7 @@ async def hostile_run(
     member = ConsumerProcess(env, work / "consumer.log")
     await member.start()
     try:
-
-        async def all_committed() -> bool:
-            committed = await committed_offsets(
-                kafka.bootstrap_servers, kafka.group_id, kafka.input_topic, PARTITIONS
-            )
-            return committed == ends
-
-        await wait_for(all_committed, timeout_s=600)
+        await wait_committed(settings, ends, timeout_s=600)
         assert member.process is not None
         peak_mb = _peak_rss_mb(member.process.pid)
     finally:

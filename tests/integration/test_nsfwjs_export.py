@@ -12,8 +12,13 @@ import pytest
 
 from training.nsfwjs import export, load
 from training.nsfwjs.errors import ImportFailed
-from training.nsfwjs.models import NsfwModel
-from training.prototypes import LabelledImage, builtin_labelled_set, compute_prototypes
+from training.nsfwjs.models import CATEGORIES, NsfwModel, parity_inputs
+from training.prototypes import (
+    LabelledImage,
+    Prototypes,
+    builtin_labelled_set,
+    compute_prototypes,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +35,11 @@ def labelled() -> list[LabelledImage]:
     return builtin_labelled_set()
 
 
+@pytest.fixture(scope="module")
+def prototypes(model: NsfwModel, labelled: list[LabelledImage]) -> Prototypes:
+    return compute_prototypes(model, labelled, "builtin")
+
+
 def _tree(repo: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*")) if p.is_file()
@@ -37,9 +47,9 @@ def _tree(repo: Path) -> dict[str, bytes]:
 
 
 def test_export_writes_a_servable_model_directory(
-    model: NsfwModel, labelled: list[LabelledImage], tmp_path: Path
+    model: NsfwModel, prototypes: Prototypes, tmp_path: Path
 ) -> None:
-    report = export.export_to_repository(model, tmp_path, labelled, "builtin")
+    report = export.export_to_repository(model, tmp_path, prototypes)
 
     target = tmp_path / "nsfw_mobilenet_v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nsfw_mobilenet_v2"]
@@ -50,7 +60,7 @@ def test_export_writes_a_servable_model_directory(
     ]
     assert report.max_probs_diff <= export.PROBS_TOLERANCE
     assert report.max_similarity_diff <= export.PROBS_TOLERANCE
-    assert (target / "labels.txt").read_text().split() == list(export.CATEGORIES.values())
+    assert (target / "labels.txt").read_text().split() == list(CATEGORIES.values())
     config = (target / "config.pbtxt").read_text()
     assert 'name: "nsfw_mobilenet_v2"' in config
     assert 'key: "modstream.prototype_categories" value: { string_value: "safe_drawing,safe" }' in (
@@ -61,15 +71,14 @@ def test_export_writes_a_servable_model_directory(
 
 
 def test_exported_similarity_is_the_cosine_to_each_prototype(
-    model: NsfwModel, labelled: list[LabelledImage], tmp_path: Path
+    model: NsfwModel, prototypes: Prototypes, tmp_path: Path
 ) -> None:
-    export.export_to_repository(model, tmp_path, labelled, "builtin")
+    export.export_to_repository(model, tmp_path, prototypes)
     session = ort.InferenceSession(str(tmp_path / "nsfw_mobilenet_v2" / "1" / "model.onnx"))
-    images = export.parity_inputs(model.cfg, count=3)
+    images = parity_inputs(model.cfg, count=3)
     _, embedding, similarity = session.run(list(export.OUTPUTS), {"image": images})
-    prototypes = compute_prototypes(model, labelled, "builtin").matrix
     unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
-    expected = unit @ prototypes.T
+    expected = unit @ prototypes.matrix.T
     assert similarity.shape == (3, 5)
     assert np.isnan(similarity[:, [1, 3, 4]]).all()
     np.testing.assert_allclose(similarity[:, [0, 2]], expected[:, [0, 2]], atol=1e-5)
@@ -77,11 +86,11 @@ def test_exported_similarity_is_the_cosine_to_each_prototype(
 
 def test_failed_parity_leaves_the_repository_as_it_was(
     model: NsfwModel,
-    labelled: list[LabelledImage],
+    prototypes: Prototypes,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    export.export_to_repository(model, tmp_path, labelled, "builtin")
+    export.export_to_repository(model, tmp_path, prototypes)
     before = _tree(tmp_path)
 
     def mismatch(served: export.ServedModel, onnx_path: Path) -> tuple[float, float, float]:
@@ -89,7 +98,7 @@ def test_failed_parity_leaves_the_repository_as_it_was(
 
     monkeypatch.setattr(export, "check_parity", mismatch)
     with pytest.raises(ImportFailed, match="does not match"):
-        export.export_to_repository(model, tmp_path, labelled, "builtin")
+        export.export_to_repository(model, tmp_path, prototypes)
 
     assert _tree(tmp_path) == before, "a failed export changed or left files in the repository"
 

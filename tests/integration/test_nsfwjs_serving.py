@@ -27,7 +27,8 @@ from consumer.settings import (
 )
 from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.test_pipeline import image_event, make_settings, wait_committed
-from training.nsfwjs.export import CATEGORIES, triton_name
+from training.nsfwjs.export import triton_name
+from training.nsfwjs.models import CATEGORIES
 
 pytestmark = pytest.mark.integration
 

@@ -25,6 +25,7 @@ from consumer.events import Action, Decision
 from consumer.imaging import ImageLimits, decode_image
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
+from consumer.metrics import Metrics
 from consumer.policy import load_policy
 from consumer.samples import Sample, photos, standins
 from consumer.service import serve, topic_routes
@@ -47,7 +48,7 @@ from tests.integration.kafka_io import (
     read_until,
 )
 from training.nsfwjs import load
-from training.nsfwjs.export import CATEGORIES
+from training.nsfwjs.models import CATEGORIES
 
 pytestmark = pytest.mark.integration
 
@@ -142,9 +143,12 @@ def make_settings(broker: TansuBroker, triton: TritonServer, **batching: float) 
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
+async def running(
+    settings: Settings, metrics: Metrics | None = None
+) -> AsyncIterator[asyncio.Task[None]]:
+    """``serve`` in a task; stopped (drained) on leaving the block."""
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop))
+    task = asyncio.create_task(serve(settings, stop, metrics=metrics))
     try:
         yield task
     finally:

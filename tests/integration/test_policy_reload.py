@@ -13,7 +13,7 @@ from consumer.local.triton import TritonServer
 from consumer.metrics import Metrics
 from consumer.policy import load_policy
 from consumer.samples import standins
-from consumer.service import serve, topic_routes
+from consumer.service import topic_routes
 from consumer.settings import PolicySettings, Settings
 from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.test_pipeline import (
@@ -21,6 +21,7 @@ from tests.integration.test_pipeline import (
     image_event,
     make_settings,
     output_topics,
+    running,
     wait_committed,
     wait_for,
 )
@@ -74,9 +75,7 @@ async def test_policy_change_applies_to_later_events_and_a_bad_one_is_refused(
         )
         return value or 0.0
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop, metrics=metrics))
-    try:
+    async with running(settings, metrics):
         await publish(settings, "before", ["acme"] * 10, image)
         await asyncio.to_thread(_write, policy, STRICT)
 
@@ -92,9 +91,6 @@ async def test_policy_change_applies_to_later_events_and_a_bad_one_is_refused(
 
         await wait_for(refused, timeout_s=10)
         await publish(settings, "refused", ["acme"] * 10, image)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=60)
 
     strict_file = tmp_path / "strict.yaml"
     strict_file.write_text(STRICT)
@@ -135,9 +131,7 @@ async def test_policy_topic_pushes_and_deletes_a_tenant_policy(
     image = next(s for s in standins() if s.name == "explicit-mid").data
     metrics = Metrics()
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop, metrics=metrics))
-    try:
+    async with running(settings, metrics):
         await publish(settings, "pushed", ["acme", "other"] * 3, image)
         applied = metrics.registry.get_sample_value(
             "modstream_policy_reloads_total", {"result": "applied"}
@@ -153,9 +147,6 @@ async def test_policy_topic_pushes_and_deletes_a_tenant_policy(
 
         await wait_for(deleted, timeout_s=15)
         await publish(settings, "deleted", ["acme", "other"] * 3, image)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=60)
 
     messages = await read_until(kafka.bootstrap_servers, outputs, 12, timeout_s=20)
     decisions = [Decision.model_validate_json(m.value or b"") for m in messages]

@@ -13,6 +13,7 @@ from PIL import Image
 from consumer.events import Action
 from consumer.local.tansu import TansuBroker, ensure_topics
 from consumer.local.triton import TritonServer
+from consumer.samples import photo_image
 from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.test_pipeline import (
     PARTITIONS,
@@ -23,7 +24,7 @@ from tests.integration.test_pipeline import (
     running,
     wait_committed,
 )
-from training.prototypes import HELD_OUT_DRAWING_SEED, clipart, encode, skimage_photo
+from training.prototypes import HELD_OUT_DRAWING_SEED, clipart, encode
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +35,8 @@ async def test_confident_labels_far_from_their_prototype_are_reviewed(
     blank_red = encode(Image.new("RGB", (320, 240), (200, 30, 30)))
     gradient = encode(Image.linear_gradient("L").convert("RGB"))
     drawing = encode(clipart(HELD_OUT_DRAWING_SEED + 5))
-    coffee = encode(skimage_photo("coffee"), "JPEG", quality=90)
-    page = encode(skimage_photo("page"))
+    coffee = encode(photo_image("coffee"), "JPEG", quality=90)
+    page = encode(photo_image("page"))
     images = {"blank": blank_red, "gradient": gradient, "drawing": drawing, "coffee": coffee}
     records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
         (f"{name}-{tenant}".encode(), image_event(f"{name}-{tenant}", tenant, data), [])

@@ -25,8 +25,7 @@ from consumer.samples import photos, standins
 from consumer.settings import ImagingSettings
 from tests.integration.conftest import SERVED_MODEL, TRITON_REPO
 from training.nsfwjs import load
-from training.nsfwjs.export import CATEGORIES
-from training.nsfwjs.models import Uint8NsfwModel
+from training.nsfwjs.models import CATEGORIES, Uint8NsfwModel
 
 pytestmark = pytest.mark.integration
 

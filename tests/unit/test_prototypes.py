@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from consumer.banks import unit
 from training.nsfwjs.errors import ImportFailed
 from training.prototypes import (
     LabelledImage,
@@ -15,7 +16,6 @@ from training.prototypes import (
     encode,
     labelled_folder,
     leave_one_source_out,
-    unit,
 )
 
 

@@ -30,15 +30,15 @@ import torch
 from consumer.folders import replace_folder
 from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
 from training.nsfwjs.errors import ImportFailed
-from training.nsfwjs.models import MODELS, NsfwModel, PretrainedConfig, load
-from training.prototypes import (
-    CATEGORY_ORDER,
-    LabelledImage,
-    Prototypes,
-    builtin_labelled_set,
-    compute_prototypes,
-    labelled_folder,
+from training.nsfwjs.models import (
+    CATEGORIES,
+    MODELS,
+    NsfwModel,
+    PretrainedConfig,
+    load,
+    parity_inputs,
 )
+from training.prototypes import CATEGORY_ORDER, Prototypes, compute_prototypes, load_labelled
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +48,6 @@ OPSET = 17
 # Parity bounds of the exported graph against the eager model on the same uint8 inputs.
 PROBS_TOLERANCE = 1e-4
 EMBEDDING_TOLERANCE = 1e-4
-
-# The five nsfwjs classes, in output order, as the moderation categories policies name.
-# drawing -> safe_drawing: non-sexual illustrations; hentai -> sexual_explicit_drawn;
-# neutral -> safe; porn -> sexual_explicit; sexy -> suggestive (nudity-adjacent, not explicit).
-CATEGORIES: dict[str, str] = {
-    "Drawing": "safe_drawing",
-    "Hentai": "sexual_explicit_drawn",
-    "Neutral": "safe",
-    "Porn": "sexual_explicit",
-    "Sexy": "suggestive",
-}
 
 
 class ServedModel(torch.nn.Module):
@@ -91,26 +80,6 @@ class ExportReport:
 
 def triton_name(model_name: str) -> str:
     return TRITON_PREFIX + model_name
-
-
-def parity_inputs(cfg: PretrainedConfig, count: int = 6, seed: int = 0) -> npt.NDArray[np.uint8]:
-    """Deterministic uint8 images: smooth gradients plus noise, at the model's input size."""
-    rng = np.random.default_rng(seed)
-    size = cfg.input_size
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    images = []
-    for index in range(count):
-        gradient = np.stack(
-            [
-                np.add.outer(ramp, ramp) / 2,
-                np.add.outer(ramp[::-1], ramp) / 2,
-                np.tile(ramp, (size, 1)),
-            ],
-            axis=-1,
-        )
-        noise = rng.normal(0, 12 * (index + 1), size=(size, size, 3))
-        images.append(np.clip(gradient + noise, 0, 255).astype(np.uint8))
-    return np.stack(images)
 
 
 OUTPUTS = ("probs", "embedding", "prototype_similarity")
@@ -236,15 +205,13 @@ dynamic_batching {{
 """
 
 
-def export_to_repository(
-    model: NsfwModel, repo: Path, labelled: list[LabelledImage], labelled_source: str
-) -> ExportReport:
-    """Compute the prototypes, export, check parity, then swap ``<repo>/nsfw_<name>`` in."""
+def export_to_repository(model: NsfwModel, repo: Path, prototypes: Prototypes) -> ExportReport:
+    """Export with ``prototypes`` (of this model) built in, check parity, then swap
+    ``<repo>/nsfw_<name>`` in."""
     started = time.perf_counter()
     cfg = model.cfg
     if tuple(CATEGORIES[name] for name in cfg.class_names) != CATEGORY_ORDER:
         raise ImportFailed(f"{cfg.name}: classes {cfg.class_names} are not in the expected order")
-    prototypes = compute_prototypes(model, labelled, labelled_source)
     served = ServedModel(model, prototypes)
     target = repo / triton_name(cfg.name)
     repo.mkdir(parents=True, exist_ok=True)
@@ -289,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         archive = NsfwjsArchive.open(fetch_tarball(args.cache_dir))
-        labelled = labelled_folder(args.labelled) if args.labelled else builtin_labelled_set()
-        source = str(args.labelled) if args.labelled else "builtin"
+        labelled, source = load_labelled(args.labelled)
         for name in args.model or list(MODELS):
             model = load(name, archive=archive)
-            report = export_to_repository(model, args.repo, labelled, source)
+            prototypes = compute_prototypes(model, labelled, source)
+            report = export_to_repository(model, args.repo, prototypes)
             logger.info(
                 "exported %s to %s (%.1f MB) in %.1f s: max |Δprob| %.1e, max |Δembedding| "
                 "%.1e, max |Δsimilarity| %.1e; prototypes from %s",

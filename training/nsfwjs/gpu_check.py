@@ -23,29 +23,10 @@ import numpy.typing as npt
 import torch
 
 from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
-from training.nsfwjs.models import MODELS, Uint8NsfwModel, load
+from training.nsfwjs.models import MODELS, Uint8NsfwModel, load, parity_inputs
 
 logger = logging.getLogger(__name__)
 BATCHES = (1, 32, 256)
-
-
-def fixed_images(size: int, count: int = 16) -> torch.Tensor:
-    """Smooth gradients with increasing noise: deterministic, and not all one class."""
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    base = np.stack(
-        [
-            np.add.outer(ramp, ramp) / 2,
-            np.add.outer(ramp[::-1], ramp) / 2,
-            np.tile(ramp, (size, 1)),
-        ],
-        axis=-1,
-    )
-    images = [
-        np.clip(base + rng.normal(0, 8 * (i + 1), size=base.shape), 0, 255).astype(np.uint8)
-        for i in range(count)
-    ]
-    return torch.from_numpy(np.stack(images))
 
 
 def outputs(
@@ -75,7 +56,7 @@ def images_per_second(
 def check(name: str, archive: NsfwjsArchive, seconds: float) -> dict[str, object]:
     cpu_model = load(name, archive=archive)
     size = cpu_model.cfg.input_size
-    images = fixed_images(size)
+    images = torch.from_numpy(parity_inputs(cpu_model.cfg, count=16, noise_step=8))
     with torch.no_grad():
         cpu_probs, cpu_embedding = (t.numpy() for t in cpu_model.uint8_input()(images))
     gpu = load(name, archive=archive).cuda().uint8_input()

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
@@ -38,6 +40,17 @@ from training.nsfwjs.tfjs import bundle_export, decode_shard, parse_model_json, 
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ("Drawing", "Hentai", "Neutral", "Porn", "Sexy")
+
+# The five nsfwjs classes, in output order, as the moderation categories policies name.
+# drawing -> safe_drawing: non-sexual illustrations; hentai -> sexual_explicit_drawn;
+# neutral -> safe; porn -> sexual_explicit; sexy -> suggestive (nudity-adjacent, not explicit).
+CATEGORIES: dict[str, str] = {
+    "Drawing": "safe_drawing",
+    "Hentai": "sexual_explicit_drawn",
+    "Neutral": "safe",
+    "Porn": "sexual_explicit",
+    "Sexy": "suggestive",
+}
 
 _MID_PREFIX = (
     "StatefulPartitionedCall/sequential/keras_layer/StatefulPartitionedCall/"
@@ -154,6 +167,29 @@ class Uint8NsfwModel(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         probs, embedding = self.model(images.to(torch.float32) / self.cfg.input_divisor)
         return probs, embedding
+
+
+def parity_inputs(
+    cfg: PretrainedConfig, count: int = 6, seed: int = 0, noise_step: float = 12
+) -> npt.NDArray[np.uint8]:
+    """Deterministic uint8 images at the model's input size: one smooth gradient plus noise,
+    standard deviation ``noise_step * (i + 1)`` for image i (not all one class)."""
+    rng = np.random.default_rng(seed)
+    size = cfg.input_size
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    gradient = np.stack(
+        [
+            np.add.outer(ramp, ramp) / 2,
+            np.add.outer(ramp[::-1], ramp) / 2,
+            np.tile(ramp, (size, 1)),
+        ],
+        axis=-1,
+    )
+    images = []
+    for index in range(count):
+        noise = rng.normal(0, noise_step * (index + 1), size=(size, size, 3))
+        images.append(np.clip(gradient + noise, 0, 255).astype(np.uint8))
+    return np.stack(images)
 
 
 def preprocess(images: Tensor, cfg: PretrainedConfig) -> Tensor:

@@ -24,8 +24,8 @@ import onnxruntime as ort
 import torch
 
 from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
-from training.nsfwjs.export import parity_inputs, triton_name
-from training.nsfwjs.models import MODELS, load
+from training.nsfwjs.export import triton_name
+from training.nsfwjs.models import MODELS, load, parity_inputs
 
 logger = logging.getLogger(__name__)
 
