@@ -4,7 +4,7 @@
 
 Writes bench/results/bank_lookup.json. Entries are random (PDQ bits and unit embeddings of
 the served model's width, 1280). Per size it times, one query at a time: the numpy scans the
-bank used before it had an index, and ``consumer.bank_index`` (faiss binary flat for PDQ,
+bank used before it had an index, and ``consumer.banks.index`` (faiss binary flat for PDQ,
 exact or IVF-SQ8 + exact re-scoring for embeddings). Recall is measured where it matters: for
 near-duplicate queries (an entry plus noise, cosine 0.97-0.99 to it), the fraction for which
 the index returns that entry, as the exact scan does.
@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from consumer.bank_index import (
+from consumer.banks.index import (
     ANN_CANDIDATES,
     ANN_MIN_ENTRIES,
     ANN_PROBES,
     EmbeddingIndex,
     HashIndex,
 )
-from consumer.banks import unit
+from consumer.banks.store import unit
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bank_lookup.json"
 DIM = 1280

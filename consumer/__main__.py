@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import sys
 
-from consumer.signals import defer_signals
+from consumer.runtime.signals import defer_signals
 
 if sys.argv[1:2] == ["run"]:
     # Before the heavy imports: a SIGTERM while the consumer starts must still stop it cleanly.

@@ -22,16 +22,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from consumer import bank_cli
+from consumer.banks import cli as bank_cli
 from consumer.errors import (
     BrokerUnavailable,
     ConfigError,
     InferenceUnavailable,
     LocalServiceError,
 )
-from consumer.logs import configure_logging
-from consumer.settings import LogSettings, Settings
-from consumer.signals import defer_signals, run_until_signalled
+from consumer.runtime.logs import configure_logging
+from consumer.runtime.settings import LogSettings, Settings
+from consumer.runtime.signals import defer_signals, run_until_signalled
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from consumer.kafka_clients import build_producer, start_producer
     from consumer.produce import image_files, publish, round_robin_events
+    from consumer.runtime.kafka import build_producer, start_producer
 
     settings = Settings()
     configure_logging(LogSettings(json_format=False, level="WARNING"))
@@ -157,21 +157,21 @@ def _produce(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from consumer.demo import run_demo
+    from bench.demo import run_demo
 
     configure_logging(LogSettings(json_format=False, level="WARNING"))
     return run_demo(duration_s=args.duration, events=args.events, headless=args.headless)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from consumer.benchmark import run_benchmark
+    from bench.e2e import run_benchmark
 
     configure_logging(LogSettings(json_format=False, level="WARNING"))
     return run_benchmark(events=args.events, megapixels=args.megapixels, out_dir=args.out)
 
 
 def _policy_check(args: argparse.Namespace) -> int:
-    from consumer.policy import describe, load_policy
+    from consumer.moderation.policy import describe, load_policy
     from consumer.service import topic_routes
 
     settings = Settings()
@@ -183,9 +183,8 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 
 def _policy_simulate(args: argparse.Namespace) -> int:
-    from consumer.policy import load_policy
-    from consumer.service import topic_routes
-    from consumer.simulate import (
+    from consumer.moderation.policy import load_policy
+    from consumer.moderation.simulate import (
         best_f1,
         plot_sweep,
         read_events,
@@ -193,6 +192,7 @@ def _policy_simulate(args: argparse.Namespace) -> int:
         sweep_block,
         write_json,
     )
+    from consumer.service import topic_routes
 
     settings = Settings()
     policies = load_policy(args.policy, topic_routes(settings.topics))
@@ -217,7 +217,7 @@ def _policy_simulate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from consumer.events import json_schemas
+    from consumer.contract.events import json_schemas
 
     args.out.mkdir(parents=True, exist_ok=True)
     for name, schema in json_schemas().items():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from consumer.contract.events import ImageEvent
 from consumer.errors import ConfigError
-from consumer.events import ImageEvent
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 

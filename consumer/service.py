@@ -6,18 +6,18 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from consumer.app import Pipeline, PipelineLimits
-from consumer.banks import BankSet
+from consumer.banks.store import BankSet
 from consumer.errors import PolicyError
-from consumer.health import HealthServer, HealthState
-from consumer.imaging import ImageFetcher, ImageLimits
-from consumer.inference import TritonClassifier
-from consumer.kafka_clients import build_consumer, build_producer, build_reader, start_producer
-from consumer.metrics import Metrics
-from consumer.policy import TopicRoutes, compile_policy, parse_policy, read_policy_text
-from consumer.policy_watch import PolicySources, PolicyTopic, PolicyWatcher
-from consumer.settings import Settings, TopicSettings
-from consumer.sink import Sink
+from consumer.imaging.decode import ImageFetcher, ImageLimits
+from consumer.inference.triton import TritonClassifier
+from consumer.moderation.policy import TopicRoutes, compile_policy, parse_policy, read_policy_text
+from consumer.moderation.watch import PolicySources, PolicyTopic, PolicyWatcher
+from consumer.pipeline.engine import Pipeline, PipelineLimits
+from consumer.pipeline.sink import Sink
+from consumer.runtime.health import HealthServer, HealthState
+from consumer.runtime.kafka import build_consumer, build_producer, build_reader, start_producer
+from consumer.runtime.metrics import Metrics
+from consumer.runtime.settings import Settings, TopicSettings
 
 logger = logging.getLogger(__name__)
 

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# Tools setup.sh may have unpacked into the venv (promtool, prometheus) come first.
+export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/ruff check consumer training tests bench
 .venv/bin/mypy
 .venv/bin/pytest "$@"

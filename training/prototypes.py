@@ -33,10 +33,10 @@ import numpy.typing as npt
 import torch
 from PIL import Image, ImageDraw
 
-from consumer.banks import unit
+from bench.samples import photo_image
+from consumer.banks.store import unit
 from consumer.errors import EventRejected
-from consumer.imaging import ImageLimits, decode_image
-from consumer.samples import photo_image
+from consumer.imaging.decode import ImageLimits, decode_image
 from training.nsfwjs.errors import ImportFailed
 from training.nsfwjs.models import CATEGORIES, CLASS_NAMES, MODELS, NsfwModel, load
 

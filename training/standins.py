@@ -1,6 +1,6 @@
 """Stand-in images for the categories a moderation demo or test needs but must not ship.
 
-    python -m training.standins [--out consumer/samples/standins]
+    python -m training.standins [--out bench/samples/standins]
 
 The repository carries no explicit content, yet a demo or an end-to-end test of routing needs
 events the model scores as ``sexual_explicit`` or ``suggestive``. Each stand-in is a benign
@@ -29,7 +29,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
-from consumer.samples import photo_image
+from bench.samples import STANDINS_DIR, photo_image
 from training.nsfwjs import load
 from training.nsfwjs.errors import ImportFailed
 from training.nsfwjs.models import CATEGORIES, NsfwModel
@@ -41,7 +41,7 @@ SIZE = 224
 EPSILON = 8 / 255
 STEP = 0.5 / 255
 MAX_STEPS = 100
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "consumer" / "samples" / "standins"
+DEFAULT_OUT = STANDINS_DIR
 
 
 @dataclass(frozen=True)

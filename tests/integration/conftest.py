@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from consumer.local.tansu import TansuBroker
-from consumer.local.triton import TritonServer
-from consumer.settings import TritonSettings
+from bench.local.tansu import TansuBroker
+from bench.local.triton import TritonServer
+from consumer.runtime.settings import TritonSettings
+from tests.support.paths import TRITON_REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TRITON_REPO = REPO_ROOT / "triton_repo"
 SERVED_MODEL = TritonSettings().model_name
 
 

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from consumer.events import Action
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from consumer.samples import photos
-from consumer.settings import BankSettings
-from tests.integration.kafka_io import produce_all, read_until
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
+from bench.samples import photos
+from consumer.contract.events import Action
+from consumer.runtime.settings import BankSettings
 from tests.integration.test_pipeline import (
     PARTITIONS,
     decisions_by_id,
@@ -30,6 +29,7 @@ from tests.integration.test_pipeline import (
     running,
     wait_committed,
 )
+from tests.support.kafka_io import produce_all, read_until
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from consumer.benchmark import TARGET_VS_NAIVE, TARGET_VS_RAW_TRITON, run_benchmark
+from bench.e2e import TARGET_VS_NAIVE, TARGET_VS_RAW_TRITON, run_benchmark
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 EVENTS = 40
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_benchmark_reports_every_measurement(

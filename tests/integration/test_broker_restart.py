@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from consumer.audit import audit
-from consumer.local.process import ManagedProcess, free_port
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from tests.integration.kafka_io import produce_all
+from bench.audit import audit
+from bench.local.process import ManagedProcess, free_port
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
 from tests.integration.test_pipeline import (
     PARTITIONS,
     TENANTS,
@@ -32,6 +31,7 @@ from tests.integration.test_pipeline import (
     wait_committed,
     wait_for,
 )
+from tests.support.kafka_io import produce_all
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@
 Consumer processes (``modstream run``) share one group on the real broker and the real
 Triton; at random moments one of them is SIGKILLed (or, every third time, stopped with
 SIGTERM) and started again, so the group rebalances under load again and again. When the backlog is
-committed, ``consumer.audit`` reads every topic and proves that each input record has an
+committed, ``bench.audit`` reads every topic and proves that each input record has an
 outcome and that duplicated outcomes agree. The CI-sized run is in the default suite; the
 full one (20,000 events, 24 kills, 3 consumers) runs with ``-m slow``.
 """
@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from consumer.audit import AuditReport, audit
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from consumer.settings import Settings
-from tests.integration.kafka_io import committed_offsets, produce_all
-from tests.integration.processes import ConsumerProcess, consumer_env
+from bench.audit import AuditReport, audit
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
+from consumer.runtime.settings import Settings
 from tests.integration.test_pipeline import (
     TENANTS,
     image_event,
@@ -34,11 +32,14 @@ from tests.integration.test_pipeline import (
     png,
     wait_for,
 )
+from tests.support.kafka_io import committed_offsets, produce_all
+from tests.support.paths import BENCH_RESULTS
+from tests.support.processes import ConsumerProcess, consumer_env
 
 pytestmark = pytest.mark.integration
 
 INPUT_PARTITIONS = 6
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+RESULTS = BENCH_RESULTS
 
 
 def _records(

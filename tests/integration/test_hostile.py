@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from consumer.audit import audit, read_to_end
-from consumer.local.process import proc_status_kib
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from tests.hostile import MAX_IMAGE_BYTES, MAX_PIXELS, hostile_events
-from tests.integration.kafka_io import ends_of, produce_positions
-from tests.integration.processes import ConsumerProcess, consumer_env
+from bench.audit import audit, read_to_end
+from bench.local.process import proc_status_kib
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
 from tests.integration.test_pipeline import PARTITIONS, make_settings, output_topics, wait_committed
+from tests.support.hostile import MAX_IMAGE_BYTES, MAX_PIXELS, hostile_events
+from tests.support.kafka_io import ends_of, produce_positions
+from tests.support.processes import ConsumerProcess, consumer_env
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,6 @@ import json
 import logging
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.support.paths import FIXTURES
 from training.nsfwjs import CLASS_NAMES, MODELS, load
 from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 logger = logging.getLogger(__name__)
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nsfwjs"
+FIXTURES = FIXTURES / "nsfwjs"
 REFERENCE = FIXTURES / "reference.json"
 PROB_TOLERANCE = 1e-4
 EMBEDDING_TOLERANCE = 1e-4  # relative to max(1, max |reference embedding|)

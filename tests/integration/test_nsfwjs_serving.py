@@ -16,23 +16,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from consumer.events import Decision
-from consumer.inference import TritonClassifier
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from consumer.service import serve
-from consumer.settings import (
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
+from consumer.contract.events import Decision
+from consumer.inference.triton import TritonClassifier
+from consumer.runtime.settings import (
     PolicySettings,
     TritonSettings,
 )
-from tests.integration.kafka_io import produce_all, read_until
+from consumer.service import serve
 from tests.integration.test_pipeline import image_event, make_settings, wait_committed
+from tests.support.kafka_io import produce_all, read_until
+from tests.support.paths import FIXTURES
 from training.nsfwjs.export import triton_name
 from training.nsfwjs.models import CATEGORIES
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nsfwjs"
+FIXTURES = FIXTURES / "nsfwjs"
 MODEL = "mobilenet_v2"
 POLICY = """
 default:

@@ -13,13 +13,11 @@ from typing import Any
 
 import pytest
 
-from consumer.local.process import free_port
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from consumer.samples import photos, standins
-from consumer.settings import MetricsSettings
-from tests.integration.kafka_io import produce_all
-from tests.integration.prometheus import Prometheus
+from bench.local.process import free_port
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
+from bench.samples import photos, standins
+from consumer.runtime.settings import MetricsSettings
 from tests.integration.test_pipeline import (
     PARTITIONS,
     TENANTS,
@@ -30,10 +28,12 @@ from tests.integration.test_pipeline import (
     wait_committed,
     wait_for,
 )
+from tests.support.kafka_io import produce_all
+from tests.support.paths import DEPLOY
+from tests.support.prometheus import Prometheus
 
 pytestmark = pytest.mark.integration
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # What Grafana substitutes before a query reaches Prometheus.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$tenant": ".*"}
 

@@ -12,13 +12,12 @@ from urllib.error import HTTPError
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.health import HealthServer
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
+from consumer.runtime.health import HealthServer
+from consumer.runtime.settings import TritonSettings
 from consumer.service import serve
-from consumer.settings import TritonSettings
-from tests.integration.conftest import SERVED_MODEL, TRITON_REPO
-from tests.integration.kafka_io import produce_all, read_until
+from tests.integration.conftest import SERVED_MODEL
 from tests.integration.test_pipeline import (
     PARTITIONS,
     TENANTS,
@@ -30,6 +29,8 @@ from tests.integration.test_pipeline import (
     wait_committed,
     wait_for,
 )
+from tests.support.kafka_io import produce_all, read_until
+from tests.support.paths import TRITON_REPO
 
 pytestmark = pytest.mark.integration
 

@@ -20,16 +20,15 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
+from bench.samples import Sample, photos, standins
+from consumer.contract.events import Action, Decision
 from consumer.errors import ModelMismatch
-from consumer.events import Action, Decision
-from consumer.imaging import ImageLimits, decode_image
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from consumer.metrics import Metrics
-from consumer.policy import load_policy
-from consumer.samples import Sample, photos, standins
-from consumer.service import serve, topic_routes
-from consumer.settings import (
+from consumer.imaging.decode import ImageLimits, decode_image
+from consumer.moderation.policy import load_policy
+from consumer.runtime.metrics import Metrics
+from consumer.runtime.settings import (
     BatchSettings,
     FlowSettings,
     ImagingSettings,
@@ -40,13 +39,15 @@ from consumer.settings import (
     TopicSettings,
     TritonSettings,
 )
-from tests.integration.kafka_io import (
+from consumer.service import serve, topic_routes
+from tests.support.kafka_io import (
     Message,
     committed_offsets,
     produce_all,
     produce_positions,
     read_until,
 )
+from tests.support.paths import DEFAULT_POLICY
 from training.nsfwjs import load
 from training.nsfwjs.models import CATEGORIES
 
@@ -55,7 +56,7 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 3
 TENANTS = ("kids-app", "art-gallery", "acme")
 MODEL = "mobilenet_v2"
-POLICY = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
+POLICY = DEFAULT_POLICY
 
 
 @dataclass(frozen=True)

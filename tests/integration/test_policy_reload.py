@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from consumer.events import Action, Decision
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from consumer.metrics import Metrics
-from consumer.policy import load_policy
-from consumer.samples import standins
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
+from bench.samples import standins
+from consumer.contract.events import Action, Decision
+from consumer.moderation.policy import load_policy
+from consumer.runtime.metrics import Metrics
+from consumer.runtime.settings import PolicySettings, Settings
 from consumer.service import topic_routes
-from consumer.settings import PolicySettings, Settings
-from tests.integration.kafka_io import produce_all, read_until
 from tests.integration.test_pipeline import (
     PARTITIONS,
     image_event,
@@ -25,6 +24,7 @@ from tests.integration.test_pipeline import (
     wait_committed,
     wait_for,
 )
+from tests.support.kafka_io import produce_all, read_until
 
 pytestmark = pytest.mark.integration
 

@@ -12,15 +12,14 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
+from bench.samples import photos
+from consumer.contract.events import Action
 from consumer.errors import ModelMismatch
-from consumer.events import Action
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from consumer.samples import photos
+from consumer.runtime.settings import PolicySettings, TritonSettings
 from consumer.service import serve
-from consumer.settings import PolicySettings, TritonSettings
-from tests.integration.conftest import SERVED_MODEL, TRITON_REPO
-from tests.integration.kafka_io import produce_all, read_until
+from tests.integration.conftest import SERVED_MODEL
 from tests.integration.test_pipeline import (
     PARTITIONS,
     decisions_by_id,
@@ -30,6 +29,8 @@ from tests.integration.test_pipeline import (
     running,
     wait_committed,
 )
+from tests.support.kafka_io import produce_all, read_until
+from tests.support.paths import TRITON_REPO
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from consumer.events import ImageEvent
-from consumer.local.tansu import TansuBroker
-from tests.integration.kafka_io import read_until
+from bench.local.tansu import TansuBroker
+from consumer.contract.events import ImageEvent
+from tests.support.kafka_io import read_until
 
 pytestmark = pytest.mark.integration
 

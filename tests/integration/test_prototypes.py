@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from consumer.events import Action
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from consumer.samples import photo_image
-from tests.integration.kafka_io import produce_all, read_until
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
+from bench.samples import photo_image
+from consumer.contract.events import Action
 from tests.integration.test_pipeline import (
     PARTITIONS,
     decisions_by_id,
@@ -24,6 +23,7 @@ from tests.integration.test_pipeline import (
     running,
     wait_committed,
 )
+from tests.support.kafka_io import produce_all, read_until
 from training.prototypes import HELD_OUT_DRAWING_SEED, clipart, encode
 
 pytestmark = pytest.mark.integration

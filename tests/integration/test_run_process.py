@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer.local.tansu import TansuBroker, ensure_topics
-from consumer.local.triton import TritonServer
-from consumer.samples import standins
-from tests.integration.kafka_io import produce_all, read_until
-from tests.integration.processes import consumer_env
+from bench.local.tansu import TansuBroker, ensure_topics
+from bench.local.triton import TritonServer
+from bench.samples import standins
 from tests.integration.test_pipeline import (
     PARTITIONS,
     TENANTS,
@@ -27,6 +25,8 @@ from tests.integration.test_pipeline import (
     png,
     wait_committed,
 )
+from tests.support.kafka_io import produce_all, read_until
+from tests.support.processes import consumer_env
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.local import tansu
+from bench.local.process import free_port, port_accepts
+from bench.local.tansu import TansuBroker, ensure_topics, metadata_answers
 from consumer.errors import LocalServiceError
-from consumer.local import tansu
-from consumer.local.process import free_port, port_accepts
-from consumer.local.tansu import TansuBroker, ensure_topics, metadata_answers
 
 pytestmark = pytest.mark.integration
 

@@ -18,12 +18,13 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from bench.local.triton import TritonServer
+from bench.samples import photos, standins
 from consumer.errors import LocalServiceError
-from consumer.imaging import ImageLimits, decode_image
-from consumer.local.triton import TritonServer
-from consumer.samples import photos, standins
-from consumer.settings import ImagingSettings
-from tests.integration.conftest import SERVED_MODEL, TRITON_REPO
+from consumer.imaging.decode import ImageLimits, decode_image
+from consumer.runtime.settings import ImagingSettings
+from tests.integration.conftest import SERVED_MODEL
+from tests.support.paths import TRITON_REPO
 from training.nsfwjs import load
 from training.nsfwjs.models import CATEGORIES, Uint8NsfwModel
 

@@ -17,6 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from bench.clone import clone_root
 from training.nsfwjs.errors import ImportFailed
 
 logger = logging.getLogger(__name__)
@@ -27,12 +28,10 @@ TARBALL_NAME = f"nsfwjs-{NSFWJS_VERSION}.tgz"
 TARBALL_SHA256 = "585cd178f3b994337c4d10a87b080d342fc52f8b9bf0085c4d1f345a3a1c5382"
 MODELS_PREFIX = "package/dist/models/"
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 def default_cache_dir() -> Path:
-    """Return ``<repo>/.cache/nsfwjs``, where the tarball is kept unless told otherwise."""
-    return REPO_ROOT / ".cache" / "nsfwjs"
+    """Return ``<clone>/.cache/nsfwjs``, where the tarball is kept unless told otherwise."""
+    return clone_root() / ".cache" / "nsfwjs"
 
 
 def _sha256(data: bytes) -> str:

@@ -27,7 +27,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 
-from consumer.folders import replace_folder
+from consumer.runtime.folders import replace_folder
 from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
 from training.nsfwjs.errors import ImportFailed
 from training.nsfwjs.models import (

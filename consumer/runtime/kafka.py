@@ -1,0 +1,84 @@
+"""Build aiokafka clients from KafkaSettings (security options in one place)."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from consumer.errors import BrokerUnavailable
+from consumer.runtime.settings import KafkaSettings
+
+
+def _common(settings: KafkaSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+        "request_timeout_ms": settings.request_timeout_ms,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+        )
+        options["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        )
+    return options
+
+
+def build_consumer(settings: KafkaSettings) -> AIOKafkaConsumer:
+    """A group consumer with manual commits; the pipeline decides when offsets are safe."""
+    return AIOKafkaConsumer(
+        **_common(settings),
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        max_poll_records=settings.max_poll_records,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        fetch_max_bytes=settings.fetch_max_bytes,
+    )
+
+
+def build_reader(settings: KafkaSettings) -> AIOKafkaConsumer:
+    """A consumer outside any group, for reading a whole topic (e.g. the policy topic)."""
+    return AIOKafkaConsumer(
+        **_common(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+
+
+def build_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    """acks=all so a decision counts as delivered only once every in-sync replica has it."""
+    return AIOKafkaProducer(
+        **_common(settings),
+        acks="all",
+        linger_ms=settings.producer_linger_ms,
+        max_request_size=settings.producer_max_request_size,
+        compression_type=settings.compression_type,
+    )
+
+
+async def start_producer(producer: AIOKafkaProducer, bootstrap: str) -> None:
+    """Start a producer; BrokerUnavailable says which servers could not be reached."""
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {bootstrap} ({exc}); check MODSTREAM_KAFKA__BOOTSTRAP_SERVERS "
+            "and the security settings"
+        ) from exc
