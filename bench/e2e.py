@@ -56,12 +56,12 @@ from bench.local.process import proc_status_kib
 from bench.local.tansu import TansuBroker, ensure_topics
 from bench.local.triton import TritonServer
 from consumer.contract.events import Action, Decision, ImageEvent
+from consumer.contract.parse import parse_event
 from consumer.errors import ConfigError, LocalServiceError
 from consumer.imaging.decode import ImageLimits, decode_base64, decode_image
 from consumer.inference.triton import TritonClassifier
 from consumer.moderation.decide import StageTimes, decide_event
 from consumer.moderation.policy import PolicySet, load_policy
-from consumer.pipeline.engine import parse_event
 from consumer.produce import build_event
 from consumer.runtime.kafka import build_consumer, build_producer
 from consumer.runtime.metrics import Metrics

@@ -20,6 +20,8 @@ talks to the dependency, with ``raise ... from exc``.
 
 from __future__ import annotations
 
+from consumer.contract.reasons import ReasonCode
+
 
 class ModstreamError(Exception):
     """Root of every error modstream raises on purpose."""
@@ -42,7 +44,7 @@ class ModelMismatch(ConfigError):
 class EventRejected(ModstreamError):
     """One event cannot be moderated; it goes to the dead-letter topic under ``code``."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ReasonCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from consumer.banks.store import BankSet
 from consumer.errors import PolicyError
-from consumer.imaging.decode import ImageFetcher, ImageLimits
+from consumer.imaging.decode import ImageLimits
+from consumer.imaging.fetch import ImageFetcher
 from consumer.inference.triton import TritonClassifier
 from consumer.moderation.policy import TopicRoutes, compile_policy, parse_policy, read_policy_text
 from consumer.moderation.watch import PolicySources, PolicyTopic, PolicyWatcher

@@ -82,9 +82,7 @@ def check(name: str, archive: NsfwjsArchive, seconds: float) -> dict[str, object
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.models.gpu_check", description=__doc__
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.models.gpu_check", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_model.json"))
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--seconds", type=float, default=2.0)

@@ -1,8 +1,8 @@
-"""Fetch, decode and resize images into model input, treating every byte as hostile.
+"""Decode and resize images into model input, treating every byte as hostile.
 
-``decode_image`` and ``decode_base64`` are CPU-bound and run in the pipeline's thread pool;
-``ImageFetcher.fetch`` is async. Every refusal is an ``ImageRejected`` whose ``code`` is one of
-``REJECTION_CODES``, so dead letters and metrics can be grouped by a stable reason.
+``decode_image`` and ``decode_base64`` are CPU-bound and run in the pipeline's thread pool.
+Every refusal is an ``ImageRejected`` whose ``code`` is a ``ReasonCode``, so dead letters and
+metrics can be grouped by a stable reason.
 
 Pillow's global settings (``MAX_IMAGE_PIXELS``, ``LOAD_TRUNCATED_IMAGES``) are left alone:
 limits come from ``ImageLimits`` and are checked on the header before pixels are decoded.
@@ -10,7 +10,6 @@ limits come from ``ImageLimits`` and are checked on the header before pixels are
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import io
@@ -18,16 +17,13 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
-from types import TracebackType
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from consumer.contract.reasons import ReasonCode
 from consumer.errors import ImageRejected
-from consumer.imaging.egress import EgressPolicy, GuardedTransport, parse_networks
 from consumer.runtime.settings import ImagingSettings
 
 logger = logging.getLogger(__name__)
@@ -38,28 +34,6 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-
-REJECTION_CODES: frozenset[str] = frozenset(
-    {
-        # decode_image / decode_base64
-        "image_empty",
-        "image_too_large",
-        "image_too_many_pixels",
-        "image_too_many_frames",
-        "image_corrupt",
-        "image_unsupported_format",
-        "invalid_base64",
-        # ImageFetcher
-        "image_url_invalid",
-        "image_url_scheme",
-        "image_url_blocked",
-        "image_fetch_redirects",
-        "image_fetch_http_4xx",
-        "image_fetch_http_5xx",
-        "image_fetch_timeout",
-        "image_fetch_failed",
-    }
-)
 
 # Fairly accurate resampling at a fraction of the cost for large non-JPEG sources: Pillow
 # box-reduces by an integer factor until the image is within 3x of the target, then
@@ -135,20 +109,22 @@ def decode_base64(text: str, limits: ImageLimits) -> bytes:
     decoded_size = len(text) * 3 // 4 - padding
     if decoded_size > limits.max_bytes:
         raise ImageRejected(
-            "image_too_large",
+            ReasonCode.IMAGE_TOO_LARGE,
             f"base64 payload decodes to about {decoded_size} bytes, over the limit of "
             f"{limits.max_bytes}",
         )
     if len(text) % 4:
         # Python's decoder forgives some padding mistakes; the contract says RFC 4648.
         raise ImageRejected(
-            "invalid_base64",
+            ReasonCode.INVALID_BASE64,
             f"image payload is not valid base64: its length {len(text)} is not a multiple of 4",
         )
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ImageRejected("invalid_base64", f"image payload is not valid base64: {exc}") from exc
+        raise ImageRejected(
+            ReasonCode.INVALID_BASE64, f"image payload is not valid base64: {exc}"
+        ) from exc
 
 
 def decode_image(data: bytes, size: int, limits: ImageLimits) -> DecodedImage:
@@ -167,10 +143,10 @@ def decode_image(data: bytes, size: int, limits: ImageLimits) -> DecodedImage:
         raise ValueError(f"target size must be positive, not {size}")
     started = time.perf_counter()
     if not data:
-        raise ImageRejected("image_empty", "image payload is empty")
+        raise ImageRejected(ReasonCode.IMAGE_EMPTY, "image payload is empty")
     if len(data) > limits.max_bytes:
         raise ImageRejected(
-            "image_too_large",
+            ReasonCode.IMAGE_TOO_LARGE,
             f"image is {len(data)} bytes, over the limit of {limits.max_bytes}",
         )
     try:
@@ -181,22 +157,26 @@ def decode_image(data: bytes, size: int, limits: ImageLimits) -> DecodedImage:
         # host than about this image: let it surface rather than dead-letter the event.
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected("image_too_many_pixels", f"image has too many pixels: {exc}") from exc
+        raise ImageRejected(
+            ReasonCode.IMAGE_TOO_MANY_PIXELS, f"image has too many pixels: {exc}"
+        ) from exc
     except UnidentifiedImageError as exc:
         if data.startswith(_SUPPORTED_SIGNATURES):
             # The signature of a format we read, but Pillow could not even parse the header.
             raise ImageRejected(
-                "image_corrupt", "image header is corrupt: it starts like a supported format"
+                ReasonCode.IMAGE_CORRUPT,
+                "image header is corrupt: it starts like a supported format",
             ) from exc
         raise ImageRejected(
-            "image_unsupported_format",
+            ReasonCode.IMAGE_UNSUPPORTED_FORMAT,
             f"not an image in a supported format ({', '.join(ALLOWED_FORMATS)})",
         ) from exc
     except Exception as exc:
         # Pillow's decoders raise a zoo of types on malformed input (OSError, SyntaxError,
         # struct.error, IndexError, ...): all of them mean the bytes are bad.
         raise ImageRejected(
-            "image_corrupt", f"image data is corrupt or truncated: {type(exc).__name__}: {exc}"
+            ReasonCode.IMAGE_CORRUPT,
+            f"image data is corrupt or truncated: {type(exc).__name__}: {exc}",
         ) from exc
 
 
@@ -206,10 +186,12 @@ def _decode_opened(
     source_format = image.format or "unknown"
     width, height = image.size
     if width < 1 or height < 1:
-        raise ImageRejected("image_corrupt", f"image declares an empty size {width}x{height}")
+        raise ImageRejected(
+            ReasonCode.IMAGE_CORRUPT, f"image declares an empty size {width}x{height}"
+        )
     if width * height > limits.max_pixels:
         raise ImageRejected(
-            "image_too_many_pixels",
+            ReasonCode.IMAGE_TOO_MANY_PIXELS,
             f"image is {width}x{height} = {width * height} pixels, over the limit of "
             f"{limits.max_pixels}",
         )
@@ -217,7 +199,7 @@ def _decode_opened(
     source_frames = int(getattr(image, "n_frames", 1) or 1)
     if source_frames > limits.max_frames:
         raise ImageRejected(
-            "image_too_many_frames",
+            ReasonCode.IMAGE_TOO_MANY_FRAMES,
             f"image has {source_frames} frames, over the limit of {limits.max_frames}",
         )
     # An MPO's extra pictures are other views (stereo, depth) of the same scene: the first
@@ -228,7 +210,7 @@ def _decode_opened(
     decoded_pixels = (indices[-1] + 1) * width * height
     if decoded_pixels > limits.max_pixels * limits.sample_frames:
         raise ImageRejected(
-            "image_too_many_pixels",
+            ReasonCode.IMAGE_TOO_MANY_PIXELS,
             f"sampling {len(indices)} of {source_frames} frames of {width}x{height} means "
             f"decoding {decoded_pixels} pixels, over the limit of "
             f"{limits.max_pixels * limits.sample_frames} (max pixels x frames sampled)",
@@ -286,7 +268,7 @@ def _frame_pixels(image: Image.Image, size: int, orientation: int) -> npt.NDArra
     pixels = np.asarray(resized, dtype=np.uint8)
     if pixels.shape != (size, size, 3):
         raise ImageRejected(
-            "image_corrupt", f"decoded to an unexpected pixel layout {pixels.shape}"
+            ReasonCode.IMAGE_CORRUPT, f"decoded to an unexpected pixel layout {pixels.shape}"
         )
     return pixels
 
@@ -316,7 +298,7 @@ def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
         return image.convert("RGB")
     except ValueError as exc:
         raise ImageRejected(
-            "image_unsupported_format", f"pixel mode {mode} cannot be converted to RGB"
+            ReasonCode.IMAGE_UNSUPPORTED_FORMAT, f"pixel mode {mode} cannot be converted to RGB"
         ) from exc
 
 
@@ -357,182 +339,3 @@ _SUPPORTED_SIGNATURES = (
     b"II*\x00",  # TIFF, little-endian
     b"MM\x00*",  # TIFF, big-endian
 )
-_FETCH_SCHEMES = frozenset({"http", "https"})
-_TRANSIENT_FETCH_CODES = frozenset(
-    {"image_fetch_timeout", "image_fetch_failed", "image_fetch_http_5xx"}
-)
-
-
-def _redacted(url: httpx.URL) -> str:
-    """The URL without credentials or query string, which often carries signatures."""
-    return str(url.copy_with(userinfo=b"", query=None, fragment=None))
-
-
-class ImageFetcher:
-    """Download image bytes over HTTP(S) with timeouts, a byte cap and checked redirects.
-
-    Timeouts, connection errors and 5xx answers are retried ``retries`` times with
-    exponential backoff; when they persist the ``ImageRejected`` is raised like any other and
-    the event is dead-lettered. The whole transfer of one attempt, redirects included, must
-    finish within the connect plus read timeouts, so a server that drips bytes cannot hold a
-    worker.
-    """
-
-    def __init__(
-        self,
-        settings: ImagingSettings,
-        *,
-        retries: int = 2,
-        retry_backoff_s: float = 0.1,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._max_bytes = settings.max_image_bytes
-        self._max_redirects = settings.fetch_max_redirects
-        self._attempt_deadline_s = settings.fetch_connect_timeout_s + settings.fetch_read_timeout_s
-        self._retries = retries
-        self._retry_backoff_s = retry_backoff_s
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=settings.fetch_connect_timeout_s,
-                read=settings.fetch_read_timeout_s,
-                write=settings.fetch_read_timeout_s,
-                pool=settings.fetch_connect_timeout_s,
-            ),
-            follow_redirects=False,
-            # Images are compressed already; asking for identity keeps the byte cap honest.
-            headers={"Accept-Encoding": "identity", "User-Agent": "modstream"},
-            # A shared jar would carry state between unrelated events and grow without bound.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-            transport=(
-                transport
-                if transport is not None
-                else GuardedTransport(EgressPolicy(parse_networks(settings.fetch_allow_networks)))
-            ),
-        )
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-    async def __aenter__(self) -> ImageFetcher:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def fetch(self, url: str) -> bytes:
-        """Return the body at ``url``.
-
-        Raises ImageRejected: ``image_url_invalid``, ``image_url_scheme``,
-        ``image_fetch_redirects``, ``image_fetch_http_4xx``, ``image_fetch_http_5xx``,
-        ``image_fetch_timeout``, ``image_fetch_failed``, ``image_too_large`` or
-        ``image_url_blocked`` (a host that is not public, see ``consumer.imaging.egress``).
-        """
-        target = self._parse(url)
-        attempt = 0
-        while True:
-            try:
-                async with asyncio.timeout(self._attempt_deadline_s):
-                    return await self._fetch_once(target)
-            except TimeoutError as exc:
-                rejection = ImageRejected(
-                    "image_fetch_timeout",
-                    f"fetching {_redacted(target)} took longer than {self._attempt_deadline_s}s",
-                )
-                rejection.__cause__ = exc
-            except ImageRejected as exc:
-                rejection = exc
-            if rejection.code not in _TRANSIENT_FETCH_CODES or attempt >= self._retries:
-                raise rejection
-            delay = self._retry_backoff_s * 2**attempt
-            attempt += 1
-            logger.info(
-                "retrying image fetch from %s in %.2fs after %s (attempt %d of %d)",
-                target.host,
-                delay,
-                rejection.code,
-                attempt,
-                self._retries,
-            )
-            await asyncio.sleep(delay)
-
-    def _parse(self, url: str) -> httpx.URL:
-        try:
-            parsed = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise ImageRejected("image_url_invalid", f"image URL does not parse: {exc}") from exc
-        self._check_scheme(parsed)
-        return parsed
-
-    @staticmethod
-    def _check_scheme(url: httpx.URL) -> None:
-        if url.scheme not in _FETCH_SCHEMES:
-            scheme = f"{url.scheme}://" if url.scheme else "a URL without a scheme"
-            raise ImageRejected(
-                "image_url_scheme", f"only http and https image URLs are fetched, not {scheme}"
-            )
-        if not url.host:
-            raise ImageRejected("image_url_invalid", f"image URL has no host: {_redacted(url)}")
-
-    async def _fetch_once(self, url: httpx.URL) -> bytes:
-        request = self._client.build_request("GET", url)
-        for _hop in range(self._max_redirects + 1):
-            self._check_scheme(request.url)
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                raise ImageRejected(
-                    "image_fetch_timeout", f"timed out fetching {_redacted(request.url)}: {exc!r}"
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise ImageRejected(
-                    "image_fetch_failed", f"cannot fetch {_redacted(request.url)}: {exc!r}"
-                ) from exc
-            try:
-                if response.next_request is not None:
-                    request = response.next_request
-                    continue
-                if response.status_code >= 400:
-                    status_class = "4xx" if response.status_code < 500 else "5xx"
-                    raise ImageRejected(
-                        f"image_fetch_http_{status_class}",
-                        f"{_redacted(request.url)} answered HTTP {response.status_code}",
-                    )
-                return await self._read_capped(response)
-            finally:
-                await response.aclose()
-        raise ImageRejected(
-            "image_fetch_redirects",
-            f"{_redacted(url)} redirected more than {self._max_redirects} times",
-        )
-
-    async def _read_capped(self, response: httpx.Response) -> bytes:
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self._max_bytes:
-            raise ImageRejected(
-                "image_too_large",
-                f"{_redacted(response.url)} declares {declared} bytes, over the limit of "
-                f"{self._max_bytes}",
-            )
-        body = bytearray()
-        try:
-            async for chunk in response.aiter_bytes():
-                body.extend(chunk)
-                if len(body) > self._max_bytes:
-                    raise ImageRejected(
-                        "image_too_large",
-                        f"{_redacted(response.url)} sent more than {self._max_bytes} bytes",
-                    )
-        except httpx.TimeoutException as exc:
-            raise ImageRejected(
-                "image_fetch_timeout", f"timed out reading {_redacted(response.url)}: {exc!r}"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise ImageRejected(
-                "image_fetch_failed", f"cannot read {_redacted(response.url)}: {exc!r}"
-            ) from exc
-        return bytes(body)

@@ -18,6 +18,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from consumer.contract.reasons import ReasonCode
 from consumer.errors import ImageRejected
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -49,7 +50,7 @@ class EgressPolicy:
         self._allowed = tuple(allowed)
 
     def check(self, address: IPAddress, host: str) -> None:
-        """Raise ImageRejected("image_url_blocked") unless ``address`` may be connected to."""
+        """Raise ImageRejected(ReasonCode.IMAGE_URL_BLOCKED) unless ``address`` may be connected to."""
         mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
         effective: IPAddress = mapped if mapped is not None else address
         if any(effective in network for network in self._allowed):
@@ -57,7 +58,7 @@ class EgressPolicy:
         if effective.is_global and not effective.is_multicast:
             return
         raise ImageRejected(
-            "image_url_blocked",
+            ReasonCode.IMAGE_URL_BLOCKED,
             f"image host {host} resolves to {effective}, a {_kind(effective)} address; image "
             "URLs must point to public hosts (a private deployment can allow networks with "
             "MODSTREAM_IMAGING__FETCH_ALLOW_NETWORKS)",

@@ -28,7 +28,6 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
-from pydantic import ValidationError
 
 from consumer.banks.store import BankSet, pdq_hash
 from consumer.contract.events import (
@@ -37,20 +36,21 @@ from consumer.contract.events import (
     ImageEvent,
     SourceRecord,
 )
+from consumer.contract.parse import parse_event
+from consumer.contract.reasons import ReasonCode
 from consumer.errors import (
     EventRejected,
     InferenceRejected,
     InferenceUnavailable,
-    InvalidEvent,
     ModelMismatch,
 )
 from consumer.imaging.decode import (
     DecodedImage,
-    ImageFetcher,
     ImageLimits,
     decode_base64,
     decode_image,
 )
+from consumer.imaging.fetch import ImageFetcher
 from consumer.inference.breaker import BreakerState, CircuitBreaker
 from consumer.inference.triton import BatchResult, ModelSpec, TritonClassifier
 from consumer.moderation.decide import StageTimes, decide_event
@@ -69,10 +69,6 @@ HEADER_PREFIX = "modstream-"
 # Resume fetching once in-flight work falls to this share of its limit, so the consumer does
 # not flap between paused and resumed on every completed event.
 RESUME_FRACTION = 0.8
-# Dead-letter reason codes raised here; imaging.REJECTION_CODES holds the image ones.
-PIPELINE_REJECTION_CODES = frozenset(
-    {"event_empty", "event_not_json", "event_invalid", "inference_rejected", "internal_error"}
-)
 # Room left in a produce request for the dead letter's envelope around the original bytes.
 DEAD_LETTER_ENVELOPE_BYTES = 64 * 1024
 
@@ -396,7 +392,9 @@ class Pipeline:
         except Exception as exc:
             # A bug must not stall the partition's commits or lose the event: record it.
             logger.exception("unexpected error preparing %s", _where(pending.record))
-            rejected = EventRejected("internal_error", f"unexpected {type(exc).__name__}: {exc}")
+            rejected = EventRejected(
+                ReasonCode.INTERNAL_ERROR, f"unexpected {type(exc).__name__}: {exc}"
+            )
             await self._dead_letter(pending, rejected, event)
             return
         self._metrics.decode_seconds.observe(time.perf_counter() - started)
@@ -423,7 +421,7 @@ class Pipeline:
         deliveries: list[Awaitable[None]] = []
         for item, outcome in outcomes:
             if isinstance(outcome, InferenceRejected):
-                rejected = EventRejected("inference_rejected", str(outcome))
+                rejected = EventRejected(ReasonCode.INFERENCE_REJECTED, str(outcome))
                 deliveries.append(self._dead_letter(item.pending, rejected, item.event))
             else:
                 wait_s = dispatched_at - item.batched_at
@@ -751,28 +749,7 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         logger.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
-
-# ── helpers ───────────────────────────────────────────────────────────────────────────────
-
-
-def parse_event(value: bytes | None) -> ImageEvent:
-    """Validate a record value as an ImageEvent; InvalidEvent says which field is wrong."""
-    if value is None:
-        raise InvalidEvent(
-            "event_empty", "record has no value (a tombstone); publish an ImageEvent"
-        )
-    try:
-        return ImageEvent.model_validate_json(value)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        if first["type"] == "json_invalid":
-            raise InvalidEvent(
-                "event_not_json", f"record value is not JSON: {first['msg']}"
-            ) from exc
-        where = ".".join(str(part) for part in first["loc"]) or "(event)"
-        raise InvalidEvent(
-            "event_invalid", f"{where}: {first['msg']} ({exc.error_count()} problem(s) in total)"
-        ) from exc
+        # ── helpers ───────────────────────────────────────────────────────────────────────────────
 
 
 def _decode_and_hash(

@@ -90,6 +90,11 @@ class ImagingSettings(_Section):
     fetch_connect_timeout_s: float = Field(default=2.0, gt=0)
     fetch_read_timeout_s: float = Field(default=10.0, gt=0)
     fetch_max_redirects: int = Field(default=3, ge=0)
+    # One image URL's whole budget: every attempt, redirect and backoff together. A server
+    # that drips bytes must not hold an in-flight slot longer than this.
+    fetch_deadline_s: float = Field(default=15.0, gt=0)
+    # Attempts in all for timeouts, unreachable hosts and 5xx answers (within the deadline).
+    fetch_attempts: int = Field(default=3, ge=1)
     # Networks image URLs may reach although they are not public (tests, private deployments).
     fetch_allow_networks: list[str] = Field(default_factory=list)
 

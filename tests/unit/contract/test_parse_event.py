@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from consumer.contract.parse import parse_event
 from consumer.errors import InvalidEvent
-from consumer.pipeline.engine import parse_event
 
 
 @pytest.mark.parametrize(

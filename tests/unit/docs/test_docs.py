@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from consumer.imaging.decode import REJECTION_CODES
-from consumer.pipeline.engine import PIPELINE_REJECTION_CODES
+from consumer.contract.reasons import ReasonCode
 from consumer.runtime.settings import Settings
 from tests.support.paths import REPO_ROOT
 
@@ -11,9 +10,7 @@ README = (REPO_ROOT / "README.md").read_text()
 
 
 def test_every_dead_letter_reason_code_is_documented() -> None:
-    missing = sorted(
-        c for c in REJECTION_CODES | PIPELINE_REJECTION_CODES if f"`{c}`" not in README
-    )
+    missing = sorted(c for c in ReasonCode if f"`{c}`" not in README)
     assert not missing
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 
+from consumer.contract.parse import parse_event
 from consumer.errors import EventRejected
 from consumer.imaging.decode import ImageLimits, decode_base64, decode_image
-from consumer.pipeline.engine import parse_event
 from tests.support.hostile import MAX_IMAGE_BYTES, MAX_PIXELS, Hostile, hostile_event
 
 LIMITS = ImageLimits(max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS)
