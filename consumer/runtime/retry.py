@@ -14,8 +14,7 @@ fetch loop) draws its delays from a ``RetryPolicy``:
   neither set means until it works — used where giving up would lose an event (producing an
   outcome, inference), with a circuit breaker and backpressure in front instead.
 
-The policies in use are built in one place, ``RetryPolicies.from_settings``; docs/delivery.md
-lists them.
+The policies in use are defined at the end of this module; docs/delivery.md lists them.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from consumer.errors import ModstreamError
-from consumer.runtime.settings import Settings
+from consumer.runtime.settings import ImagingSettings, TritonSettings
 
 
 @dataclass(frozen=True)
@@ -83,33 +82,25 @@ def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, ModstreamError) and exc.retriable
 
 
-@dataclass(frozen=True)
-class RetryPolicies:
-    """The retry policy of each loop that retries, built once from Settings."""
+# The retry policy of each loop that retries, in one place.
 
-    produce: RetryPolicy
-    """Producing a decision or dead letter: until acknowledged (the event's offset waits)."""
-    inference: RetryPolicy
-    """A Triton request: until answered, behind the circuit breaker."""
-    image_fetch: RetryPolicy
-    """Downloading an ``image_url``: a few attempts within the fetch deadline."""
-    kafka_fetch: RetryPolicy
-    """The consumer's fetch loop after a broker error: until the broker answers."""
+PRODUCE = RetryPolicy(initial_s=0.1, max_s=5.0)
+"""Producing a decision or dead letter: until acknowledged (the event's offset waits)."""
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicies:
-        triton = settings.triton
-        imaging = settings.imaging
-        return cls(
-            produce=RetryPolicy(initial_s=0.1, max_s=5.0),
-            inference=RetryPolicy(
-                initial_s=triton.retry_initial_backoff_s, max_s=triton.retry_max_backoff_s
-            ),
-            image_fetch=RetryPolicy(
-                initial_s=0.1,
-                max_s=1.0,
-                max_attempts=imaging.fetch_attempts,
-                deadline_s=imaging.fetch_deadline_s,
-            ),
-            kafka_fetch=RetryPolicy(initial_s=0.1, max_s=5.0),
-        )
+KAFKA_FETCH = RetryPolicy(initial_s=0.1, max_s=5.0)
+"""The consumer's fetch loop after a broker error: until the broker answers."""
+
+
+def inference_policy(triton: TritonSettings) -> RetryPolicy:
+    """A Triton request: until answered; the circuit breaker in front paces the attempts."""
+    return RetryPolicy(initial_s=triton.retry_initial_backoff_s, max_s=triton.retry_max_backoff_s)
+
+
+def image_fetch_policy(imaging: ImagingSettings) -> RetryPolicy:
+    """Downloading an ``image_url``: a few attempts, all within the fetch deadline."""
+    return RetryPolicy(
+        initial_s=0.1,
+        max_s=1.0,
+        max_attempts=imaging.fetch_attempts,
+        deadline_s=imaging.fetch_deadline_s,
+    )
