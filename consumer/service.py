@@ -5,19 +5,33 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from consumer.banks.store import BankSet
 from consumer.errors import PolicyError
 from consumer.imaging.decode import ImageLimits
 from consumer.imaging.fetch import ImageFetcher
-from consumer.inference.triton import TritonClassifier
-from consumer.moderation.policy import TopicRoutes, compile_policy, parse_policy, read_policy_text
+from consumer.inference.scorer import BreakerSettings, Scorer
+from consumer.inference.triton import ModelSpec, TritonClassifier
+from consumer.moderation.policy import (
+    ModelCategories,
+    TopicRoutes,
+    compile_policy,
+    parse_policy,
+    read_policy_text,
+)
 from consumer.moderation.watch import PolicySources, PolicyTopic, PolicyWatcher
-from consumer.pipeline.engine import Pipeline, PipelineLimits
+from consumer.pipeline.engine import Engine, EngineSettings
+from consumer.pipeline.flow import FlowControl
+from consumer.pipeline.offsets import OffsetTracker
+from consumer.pipeline.outcomes import KafkaOutcomes
+from consumer.pipeline.prepare import Preparer
 from consumer.pipeline.sink import Sink
+from consumer.pipeline.source import KafkaSource
 from consumer.runtime.health import HealthServer, HealthState
 from consumer.runtime.kafka import build_consumer, build_producer, build_reader, start_producer
-from consumer.runtime.metrics import Metrics
+from consumer.runtime.metrics import Metrics, TenantLabels
+from consumer.runtime.retry import KAFKA_FETCH, inference_policy
 from consumer.runtime.settings import Settings, TopicSettings
 
 logger = logging.getLogger(__name__)
@@ -53,45 +67,68 @@ async def serve(
     if on_health_server is not None:
         on_health_server(server)
     producer = build_producer(settings.kafka)
-    classifier = TritonClassifier(settings.triton)
-    pool = [
-        TritonClassifier(
-            settings.triton.model_copy(update={"model_name": name, "model_version": ""})
-        )
-        for name in settings.triton.pool_models
-    ]
+    scorer = Scorer(
+        TritonClassifier(settings.triton),
+        [
+            TritonClassifier(
+                settings.triton.model_copy(update={"model_name": name, "model_version": ""})
+            )
+            for name in settings.triton.pool_models
+        ],
+        max_batch_size=settings.batching.max_batch_size,
+        retry=inference_policy(settings.triton),
+        breaker=BreakerSettings(
+            settings.triton.breaker_failure_threshold, settings.triton.breaker_open_s
+        ),
+        metrics=metrics,
+        health=health,
+    )
     fetcher = ImageFetcher(settings.imaging)
+    source = KafkaSource(
+        build_consumer(settings.kafka), settings.kafka.input_topic, settings.flow.close_timeout_s
+    )
+    executor = ThreadPoolExecutor(
+        settings.imaging.decode_workers, thread_name_prefix="modstream-decode"
+    )
     try:
         await start_producer(producer, settings.kafka.bootstrap_servers)
-        pipeline = Pipeline(
-            consumer=build_consumer(settings.kafka),
+        spec = await scorer.connect()
+        policies.check_model(ModelCategories(spec.class_names, spec.prototype_categories))
+        _use_model(spec, banks, metrics)
+        metrics.policy_info.info({"version": policies.version})
+        outcomes = KafkaOutcomes(
             sink=Sink(producer, metrics),
-            classifier=classifier,
-            fetcher=fetcher,
+            spec=spec,
             policies=policies,
-            topics=settings.topics,
-            batching=settings.batching,
-            flow=settings.flow,
-            triton=settings.triton,
-            image_limits=ImageLimits.from_settings(settings.imaging),
-            decode_workers=settings.imaging.decode_workers,
-            limits=PipelineLimits(
-                input_topic=settings.kafka.input_topic,
-                max_poll_records=settings.kafka.max_poll_records,
-                commit_interval_s=settings.kafka.commit_interval_ms / 1000,
-                producer_max_request_size=settings.kafka.producer_max_request_size,
-            ),
-            metrics=metrics,
-            max_tenant_labels=settings.metrics.max_tenant_labels,
-            health=health,
             banks=banks,
-            pool=pool,
+            dead_letter_topic=settings.topics.dead_letter,
+            max_request_size=settings.kafka.producer_max_request_size,
+            metrics=metrics,
+            tenant_labels=TenantLabels(settings.metrics.max_tenant_labels, policies.tenants),
+        )
+        engine = Engine(
+            source=source,
+            preparer=Preparer(
+                fetcher=fetcher,
+                executor=executor,
+                limits=ImageLimits.from_settings(settings.imaging),
+                input_size=spec.input_size,
+                with_pdq=bool(banks),
+                metrics=metrics,
+            ),
+            scorer=scorer,
+            outcomes=outcomes,
+            tracker=OffsetTracker(),
+            flow=FlowControl(settings.flow, metrics),
+            settings=_engine_settings(settings),
+            metrics=metrics,
+            health=health,
         )
         sources = PolicySources(
             policy_document,
             routes,
-            categories=pipeline.model_categories,
-            apply=pipeline.replace_policies,
+            categories=outcomes.model_categories,
+            apply=outcomes.replace_policies,
             metrics=metrics,
         )
         watcher = PolicyWatcher(settings.policy.path, sources, initial_text=policy_text)
@@ -102,19 +139,45 @@ async def serve(
         try:
             if settings.policy.topic is not None:
                 background.append(await _follow_policy_topic(settings, sources))
-            await pipeline.run(stop)
+            await engine.run(stop)
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
     finally:
-        # The producer flushes on stop: every decision already handed to it gets delivered.
+        # Leave the group only after the engine committed; then flush the producer (stop
+        # delivers every record already handed to it).
+        await source.close()
+        executor.shutdown(wait=False, cancel_futures=True)
         await producer.stop()
         await fetcher.close()
-        await classifier.close()
-        for member in pool:
-            await member.close()
+        await scorer.close()
         await server.close()
+
+
+def _engine_settings(settings: Settings) -> EngineSettings:
+    return EngineSettings(
+        max_batch_size=settings.batching.max_batch_size,
+        max_batch_wait_s=settings.batching.max_wait_ms / 1000,
+        max_inflight_batches=settings.triton.max_inflight_batches,
+        max_poll_records=settings.kafka.max_poll_records,
+        commit_interval_s=settings.kafka.commit_interval_ms / 1000,
+        drain_timeout_s=settings.flow.drain_timeout_s,
+        revoke_grace_s=settings.flow.revoke_grace_s,
+        fetch_retry=KAFKA_FETCH,
+    )
+
+
+def _use_model(spec: ModelSpec, banks: BankSet, metrics: Metrics) -> None:
+    metrics.model_info.info({"name": spec.name, "version": spec.version})
+    for bank_id in banks.use_model(spec.name, spec.version):
+        logger.warning(
+            "bank %s was built with another model version: matched by PDQ only; rebuild "
+            "its embeddings with `modstream bank add` against %s version %s",
+            bank_id,
+            spec.name,
+            spec.version,
+        )
 
 
 async def _follow_policy_topic(settings: Settings, sources: PolicySources) -> asyncio.Task[None]:

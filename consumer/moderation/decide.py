@@ -13,7 +13,7 @@ import numpy.typing as npt
 from consumer.banks.store import Match
 from consumer.contract.events import Action, Decision, ImageEvent, ModelRef, Reason, Timings
 from consumer.inference.triton import ModelSpec
-from consumer.moderation.policy import ExemplarSpec, PolicySet, TenantRules, decide
+from consumer.moderation.policy import ExemplarSpec, PolicySet, TenantRules, threshold_verdict
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def decide_event(
     scores = {name: round(float(p), 6) for name, p in zip(spec.class_names, probs, strict=True)}
     predicted = max(scores, key=scores.__getitem__)
     similarity = predicted_similarity(prototype_similarity, list(scores).index(predicted))
-    reasons = list(decide(rules, scores).reasons)
+    reasons = list(threshold_verdict(rules, scores).reasons)
     if exemplar is not None:
         reasons.append(exemplar_reason(exemplar, rules.exemplars))
         reasons.sort(key=lambda r: -r.action.severity)

@@ -1,4 +1,4 @@
-"""Tenant policies: load and validate the YAML file, then ``decide()`` an action from scores.
+"""Tenant policies: load and validate the YAML file, then ``threshold_verdict()`` from scores.
 
 A policy file holds a ``default`` policy and per-tenant overrides. A tenant override changes
 single fields: ``{sexual_explicit: {block: 0.6}}`` keeps the default ``review`` threshold
@@ -152,8 +152,9 @@ class PolicySet:
     def rules_for(self, tenant_id: str) -> TenantRules:
         return self.tenants.get(tenant_id, self.default)
 
-    def decide(self, tenant_id: str, scores: Mapping[str, float]) -> Verdict:
-        return decide(self.rules_for(tenant_id), scores)
+    def verdict(self, tenant_id: str, scores: Mapping[str, float]) -> Verdict:
+        """The thresholds' verdict for a tenant (no banks, prototypes or pool: see decide_event)."""
+        return threshold_verdict(self.rules_for(tenant_id), scores)
 
     def check_categories(self, known: Iterable[str]) -> None:
         """Raise PolicyError if a rule names a category the model does not produce."""
@@ -188,7 +189,7 @@ class PolicySet:
         return [self.default, *self.tenants.values()]
 
 
-def decide(rules: TenantRules, scores: Mapping[str, float]) -> Verdict:
+def threshold_verdict(rules: TenantRules, scores: Mapping[str, float]) -> Verdict:
     """Pick the most severe action any category threshold reaches; ties go to block."""
     reasons: list[Reason] = []
     for category, threshold in rules.thresholds.items():

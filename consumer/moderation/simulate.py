@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from consumer.contract.events import Action, TenantId
 from consumer.errors import ConfigError
 from consumer.moderation.decide import untrusted_label
-from consumer.moderation.policy import PolicySet, Threshold, decide
+from consumer.moderation.policy import PolicySet, Threshold, threshold_verdict
 
 ACTIONS = tuple(action.value for action in Action)
 
@@ -110,7 +110,7 @@ def simulate(policies: PolicySet, events: Iterable[ScoredEvent]) -> Simulation:
     result = Simulation()
     for event in events:
         rules = policies.rules_for(event.tenant_id)
-        action = decide(rules, event.scores).action
+        action = threshold_verdict(rules, event.scores).action
         if action is Action.ALLOW:
             predicted = max(event.scores, key=event.scores.__getitem__)
             if untrusted_label(rules, predicted, event.prototype_similarity, None):
@@ -145,7 +145,7 @@ def sweep_block(
             swept = {**rules.thresholds, category: Threshold(current.review, threshold)}
             if current.review is not None and current.review > threshold:
                 swept[category] = Threshold(None, threshold)
-            action = decide(replace(rules, thresholds=swept), event.scores).action
+            action = threshold_verdict(replace(rules, thresholds=swept), event.scores).action
             if action is Action.BLOCK:
                 blocked += 1
                 hits += event.label is Action.BLOCK

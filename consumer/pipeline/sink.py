@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
 
+from consumer.contract.headers import Headers
 from consumer.errors import DeliveryError
 from consumer.runtime.metrics import Metrics
+from consumer.runtime.retry import PRODUCE, RetryPolicy
 
 logger = logging.getLogger(__name__)
-
-Headers = Sequence[tuple[str, bytes]]
 
 
 class Sink:
@@ -26,13 +24,11 @@ class Sink:
         self,
         producer: AIOKafkaProducer,
         metrics: Metrics,
-        initial_backoff_s: float = 0.1,
-        max_backoff_s: float = 5.0,
+        retry: RetryPolicy = PRODUCE,
     ) -> None:
         self._producer = producer
         self._metrics = metrics
-        self._initial_backoff_s = initial_backoff_s
-        self._max_backoff_s = max_backoff_s
+        self._retry = retry
 
     async def deliver(
         self, topic: str, key: bytes | None, value: bytes, headers: Headers
@@ -42,7 +38,7 @@ class Sink:
         Raises DeliveryError (not retriable) only when the record can never be accepted,
         e.g. it is larger than the producer's ``max_request_size``.
         """
-        backoff = self._initial_backoff_s
+        attempts = self._retry.begin()
         while True:
             try:
                 ack = await self._producer.send(topic, value, key=key, headers=list(headers))
@@ -55,13 +51,15 @@ class Sink:
                 error.retriable = False
                 raise error from exc
             except KafkaError as exc:
+                delay = attempts.next_delay()
+                if delay is None:
+                    raise DeliveryError(f"producing to {topic} failed: {exc!r}") from exc
                 self._metrics.produce_retries.inc()
                 logger.warning(
                     "produce to %s failed, retrying in %.2fs: %r",
                     topic,
-                    backoff,
+                    delay,
                     exc,
                     extra={"topic": topic},
                 )
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, self._max_backoff_s)
+                await asyncio.sleep(delay)

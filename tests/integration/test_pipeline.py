@@ -216,7 +216,7 @@ async def test_every_event_gets_exactly_one_outcome(
         scored = scored_samples[i % len(scored_samples)]
         tenant = TENANTS[i % len(TENANTS)]
         event_id = f"ok-{i}"
-        verdict = policies.decide(tenant, scored.scores)
+        verdict = policies.verdict(tenant, scored.scores)
         topic = policies.rules_for(tenant).topics.for_action(verdict.action)
         expected[event_id] = (topic, verdict.action.value, scored.scores)
         image = scored.sample.data

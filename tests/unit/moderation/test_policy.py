@@ -12,10 +12,10 @@ from consumer.moderation.policy import (
     PolicySet,
     TopicRoutes,
     compile_policy,
-    decide,
     describe,
     load_policy,
     parse_policy,
+    threshold_verdict,
 )
 from tests.support.paths import DEFAULT_POLICY
 
@@ -44,7 +44,7 @@ def policies() -> PolicySet:
 
 
 def test_allow_when_nothing_reaches_a_threshold() -> None:
-    verdict = policies().decide(
+    verdict = policies().verdict(
         "anyone", {"sexual_explicit": 0.39, "suggestive": 0.59, "safe": 0.99}
     )
     assert verdict.action is Action.ALLOW
@@ -52,13 +52,13 @@ def test_allow_when_nothing_reaches_a_threshold() -> None:
 
 
 def test_thresholds_are_inclusive() -> None:
-    verdict = policies().decide("anyone", {"sexual_explicit": 0.4})
+    verdict = policies().verdict("anyone", {"sexual_explicit": 0.4})
     assert verdict.action is Action.REVIEW
     assert verdict.reasons[0].threshold == 0.4
 
 
 def test_block_wins_over_review() -> None:
-    verdict = policies().decide("anyone", {"sexual_explicit": 0.85, "suggestive": 0.9})
+    verdict = policies().verdict("anyone", {"sexual_explicit": 0.85, "suggestive": 0.9})
     assert verdict.action is Action.BLOCK
     assert [r.action for r in verdict.reasons] == [Action.BLOCK, Action.REVIEW]
     assert verdict.reasons[0].category == "sexual_explicit"
@@ -69,13 +69,13 @@ def test_tenant_override_changes_single_fields() -> None:
     strict = policies().rules_for("strict")
     assert strict.thresholds["sexual_explicit"].review == 0.4  # inherited
     assert strict.thresholds["sexual_explicit"].block == 0.5
-    assert policies().decide("strict", {"sexual_explicit": 0.55}).action is Action.BLOCK
-    assert policies().decide("anyone", {"sexual_explicit": 0.55}).action is Action.REVIEW
+    assert policies().verdict("strict", {"sexual_explicit": 0.55}).action is Action.BLOCK
+    assert policies().verdict("anyone", {"sexual_explicit": 0.55}).action is Action.REVIEW
 
 
 def test_null_switches_a_threshold_off_and_topics_override() -> None:
     lenient = policies().rules_for("lenient")
-    verdict = decide(lenient, {"sexual_explicit": 0.99})
+    verdict = threshold_verdict(lenient, {"sexual_explicit": 0.99})
     assert verdict.action is Action.REVIEW
     assert lenient.topics.for_action(Action.REVIEW) == "lenient.review"
     assert lenient.topics.for_action(Action.BLOCK) == "t.block"

@@ -76,7 +76,7 @@ async def test_changed_file_applies_with_a_new_version(policy_file: Path) -> Non
 
     (applied,) = harness.applied
     assert applied.version != before.version
-    assert applied.decide("anyone", {"sexual_explicit": 0.6}).action.value == "block"
+    assert applied.verdict("anyone", {"sexual_explicit": 0.6}).action.value == "block"
     assert harness.reloads("applied") == 1
     assert await harness.watcher.check() is False, "the same content applies once"
 
@@ -148,11 +148,12 @@ async def test_topic_records_override_and_delete_a_tenant(policy_file: Path) -> 
 
     assert topic.apply(_record(b"kids-app", strict))
     kids = harness.applied[-1]
-    assert kids.decide("kids-app", {"sexual_explicit": 0.25}).action.value == "block"
-    assert kids.decide("acme", {"sexual_explicit": 0.25}).action.value == "allow"
+    assert kids.verdict("kids-app", {"sexual_explicit": 0.25}).action.value == "block"
+    assert kids.verdict("acme", {"sexual_explicit": 0.25}).action.value == "allow"
 
     assert topic.apply(_record(b"kids-app", None, 1))
-    assert harness.applied[-1].decide("kids-app", {"sexual_explicit": 0.25}).action.value == "allow"
+    latest = harness.applied[-1]
+    assert latest.verdict("kids-app", {"sexual_explicit": 0.25}).action.value == "allow"
     assert harness.applied[-1].version != kids.version
 
 

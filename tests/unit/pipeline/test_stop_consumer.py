@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from consumer.pipeline.engine import _stop_consumer
+from consumer.pipeline.source import stop_consumer
 
 
 class _Consumer:
@@ -22,7 +22,7 @@ class _Consumer:
 
 async def test_a_cancelled_inner_fetch_does_not_fail_the_shutdown() -> None:
     consumer = _Consumer()
-    await _stop_consumer(consumer, timeout_s=5)
+    await stop_consumer(consumer, timeout_s=5)
     assert consumer.stopped
 
 
@@ -35,7 +35,7 @@ async def test_our_own_cancellation_still_propagates() -> None:
 
     consumer = _Consumer()
     consumer.stop = stop_slowly  # type: ignore[method-assign]
-    task = asyncio.create_task(_stop_consumer(consumer, timeout_s=5))
+    task = asyncio.create_task(stop_consumer(consumer, timeout_s=5))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -56,7 +56,7 @@ async def test_a_close_that_hangs_is_abandoned_after_the_timeout(
 
     consumer = _Consumer()
     consumer.stop = hang  # type: ignore[method-assign]
-    await asyncio.wait_for(_stop_consumer(consumer, timeout_s=0.05), timeout=5)
+    await asyncio.wait_for(stop_consumer(consumer, timeout_s=0.05), timeout=5)
     await asyncio.wait_for(closing_cancelled.wait(), timeout=5)
     messages = [record.getMessage() for record in caplog.records]
     assert any("did not close within" in message for message in messages)
@@ -71,4 +71,4 @@ async def test_other_close_errors_propagate() -> None:
     consumer = _Consumer()
     consumer.stop = fail  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="broken"):
-        await _stop_consumer(consumer, timeout_s=5)
+        await stop_consumer(consumer, timeout_s=5)

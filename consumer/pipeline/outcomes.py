@@ -1,0 +1,170 @@
+"""Every event's one outcome: a decision on its action's topic, or a dead letter.
+
+``decision`` is the pipeline's single decide step: it matches the tenant's exemplar banks,
+calls ``decide_event`` (thresholds, then prototype and pool escalation) and produces the
+result. Both methods return only once the broker acknowledged the record (acks=all); the
+engine then completes the event's offset.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from datetime import UTC, datetime
+
+from consumer.banks.store import BankSet
+from consumer.contract.events import Action, DeadLetter, ImageEvent, SourceRecord
+from consumer.contract.headers import dead_letter_headers, decision_headers
+from consumer.errors import EventRejected
+from consumer.inference.scorer import Scores
+from consumer.inference.triton import ModelSpec
+from consumer.moderation.decide import StageTimes, decide_event
+from consumer.moderation.policy import ModelCategories, PolicySet
+from consumer.pipeline.ports import Pending, Prepared
+from consumer.pipeline.sink import Sink
+from consumer.pipeline.source import coordinates
+from consumer.runtime.metrics import Metrics, TenantLabels
+
+logger = logging.getLogger(__name__)
+
+# Room left in a produce request for the dead letter's envelope around the original bytes.
+DEAD_LETTER_ENVELOPE_BYTES = 64 * 1024
+
+
+class KafkaOutcomes:
+    """Decides under the live policies and produces decisions and dead letters."""
+
+    def __init__(
+        self,
+        *,
+        sink: Sink,
+        spec: ModelSpec,
+        policies: PolicySet,
+        banks: BankSet,
+        dead_letter_topic: str,
+        max_request_size: int,
+        metrics: Metrics,
+        tenant_labels: TenantLabels,
+    ) -> None:
+        self._sink = sink
+        self._spec = spec
+        self._policies = policies
+        self._banks = banks
+        self._dead_letter_topic = dead_letter_topic
+        self._max_request_size = max_request_size
+        self._metrics = metrics
+        self._tenant_labels = tenant_labels
+
+    def model_categories(self) -> ModelCategories:
+        """What the served model gives policies (for validating new policies)."""
+        return ModelCategories(self._spec.class_names, self._spec.prototype_categories)
+
+    def replace_policies(self, policies: PolicySet) -> None:
+        """Decide every event from now on with ``policies`` (already validated)."""
+        self._policies = policies
+        self._tenant_labels.pin(policies.tenants)
+        self._metrics.policy_info.info({"version": policies.version})
+
+    async def decision(self, item: Prepared, scores: Scores, batch_wait_s: float) -> None:
+        event, record = item.ready.event, item.pending.record
+        exemplar = None
+        if self._banks:
+            limits = self._policies.rules_for(event.tenant_id).exemplars
+            exemplar = self._banks.match(
+                event.tenant_id,
+                item.ready.pdq,
+                scores.embedding,
+                limits.max_pdq_distance,
+                limits.min_similarity,
+            )
+            if exemplar is not None:
+                self._metrics.exemplar_matches.labels(exemplar.bank_id, exemplar.by).inc()
+        times = StageTimes(
+            consumed_at=item.pending.consumed_at,
+            decode_s=item.ready.image.decode_seconds,
+            batch_wait_s=batch_wait_s,
+            inference_s=scores.seconds,
+        )
+        routed = decide_event(
+            event,
+            scores.probs,
+            self._spec,
+            self._policies,
+            times,
+            decided_at=datetime.now(UTC),
+            exemplar=exemplar,
+            pool_entropy=scores.pool_entropy,
+            prototype_similarity=scores.prototype_similarity,
+        )
+        decision = routed.decision
+        await self._sink.deliver(
+            routed.topic,
+            event.event_id.encode(),
+            decision.model_dump_json().encode(),
+            decision_headers(record.headers, decision),
+        )
+        action = decision.action
+        category = (decision.reasons[0].category if decision.reasons else None) or "none"
+        tenant = self._tenant_labels.label(event.tenant_id)
+        self._metrics.decisions.labels(action.value, tenant, category).inc()
+        self._metrics.end_to_end_seconds.observe(
+            max(0.0, (datetime.now(UTC) - event.created_at).total_seconds())
+        )
+        # Blocks and reviews are what operators look for; allows would drown them.
+        logger.log(
+            logging.DEBUG if action is Action.ALLOW else logging.INFO,
+            "decided %s, produced to %s",
+            action.value,
+            routed.topic,
+            extra={
+                "event_id": event.event_id,
+                "tenant": event.tenant_id,
+                "action": action.value,
+                "reason": category,
+                **coordinates(record),
+            },
+        )
+
+    async def dead_letter(
+        self, pending: Pending, rejection: EventRejected, event: ImageEvent | None
+    ) -> None:
+        record = pending.record
+        value = record.value
+        # Too large to fit beside its envelope: the coordinates still lead to the original.
+        original = (
+            base64.b64encode(value).decode()
+            if value and len(value) * 4 // 3 + DEAD_LETTER_ENVELOPE_BYTES < self._max_request_size
+            else None
+        )
+        letter = DeadLetter(
+            reason_code=rejection.code,
+            reason=rejection.message,
+            event_id=event.event_id if event else None,
+            tenant_id=event.tenant_id if event else None,
+            source=SourceRecord(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                timestamp_ms=record.timestamp,
+                key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
+            ),
+            original_value_b64=original,
+            failed_at=datetime.now(UTC),
+        )
+        await self._sink.deliver(
+            self._dead_letter_topic,
+            record.key,
+            letter.model_dump_json().encode(),
+            dead_letter_headers(record.headers, letter),
+        )
+        self._metrics.dead_letters.labels(rejection.code).inc()
+        logger.info(
+            "dead-lettered: %s",
+            rejection.message,
+            extra={
+                "reason": rejection.code,
+                "event_id": letter.event_id,
+                "tenant": letter.tenant_id,
+                **coordinates(record),
+            },
+        )
