@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -45,6 +44,7 @@ from consumer.pipeline.source import coordinates
 from consumer.runtime.health import HealthState
 from consumer.runtime.metrics import Metrics
 from consumer.runtime.retry import RetryPolicy
+from consumer.runtime.tasks import cancel, spawn, wait_all
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ class EngineSettings:
     commit_interval_s: float
     drain_timeout_s: float
     revoke_grace_s: float
-    fetch_retry: RetryPolicy
-    """Backoff of the fetch loop after a broker error."""
+    fetch_retry: RetryPolicy  # the fetch loop's backoff after a broker error
 
 
 class Engine:
@@ -115,9 +114,9 @@ class Engine:
                     raise task.exception()  # type: ignore[misc]
         finally:
             self._health.stopping = True
-            await _cancel(fetching)
+            await cancel(fetching)
             await self._drain(dispatching)
-            await _cancel(committing)
+            await cancel(committing)
             await self._committer.commit()
 
     async def _drain(self, dispatching: asyncio.Task[None]) -> None:
@@ -127,10 +126,10 @@ class Engine:
         closes only after they are done; then the last batches are scored and written.
         """
         deadline = asyncio.get_running_loop().time() + self._settings.drain_timeout_s
-        finished = await _wait_all(self._event_tasks, deadline)
+        finished = await wait_all(self._event_tasks, deadline)
         self._batcher.close()
-        finished = finished and await _wait_all({dispatching}, deadline)
-        finished = finished and await _wait_all(self._batch_tasks, deadline)
+        finished = finished and await wait_all({dispatching}, deadline)
+        finished = finished and await wait_all(self._batch_tasks, deadline)
         if not finished:
             logger.warning(
                 "drain deadline of %.1fs passed with %d events in flight; they are not "
@@ -174,11 +173,8 @@ class Engine:
         if signal is Signal.PAUSE:
             if not was_paused:
                 logger.info(
-                    "pausing %d partitions: %d events / %d bytes in flight, scorer %s",
-                    len(assignment),
-                    self._flow.events,
-                    self._flow.bytes,
-                    "available" if self._scorer.available else "unavailable",
+                    "pausing %d partitions: %d events / %d bytes in flight, scorer available: %s",
+                    *(len(assignment), self._flow.events, self._flow.bytes, self._scorer.available),
                 )
             # Every time: partitions assigned while paused must be paused too.
             self._source.pause(assignment)
@@ -194,7 +190,7 @@ class Engine:
         pending = Pending(record, ticket, size, consumed_at=datetime.now(UTC))
         self._flow.admit(size)
         self._metrics.events_consumed.labels(record.topic).inc()
-        self._spawn(self._event_tasks, self._prepare(pending))
+        spawn(self._event_tasks, self._prepare(pending))
 
     async def _prepare(self, pending: Pending) -> None:
         if self._revoked_meanwhile(pending):
@@ -208,7 +204,7 @@ class Engine:
     async def _dispatch_loop(self) -> None:
         while batch := await self._batcher.next_batch():
             await self._batch_slots.acquire()
-            task = self._spawn(self._batch_tasks, self._score_and_write(batch))
+            task = spawn(self._batch_tasks, self._score_and_write(batch))
             task.add_done_callback(lambda _: self._batch_slots.release())
 
     async def _score_and_write(self, batch: list[Prepared]) -> None:
@@ -277,33 +273,3 @@ class Engine:
                 await asyncio.wait_for(self._flow.finished.wait(), remaining)
         await self._committer.commit(only=revoked)
         self._committer.hand_over(revoked)
-
-    @staticmethod
-    def _spawn(tasks: set[asyncio.Task[None]], work: Awaitable[None]) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(work)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        task.add_done_callback(_log_crash)
-        return task
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("pipeline task failed", exc_info=task.exception())
-
-
-async def _wait_all(tasks: set[asyncio.Task[None]], deadline: float) -> bool:
-    """Wait for ``tasks`` (a live set that may shrink) until the loop-time ``deadline``."""
-    pending = set(tasks)
-    while pending:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            return False
-        _, pending = await asyncio.wait(pending, timeout=remaining)
-    return True
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
