@@ -1,13 +1,14 @@
 """Exemplar-bank lookup cost at 10k, 100k and 1M entries, and the index's recall.
 
-    .venv/bin/python bench/bank_lookup.py [--sizes 10000 100000 1000000]
+    python -m bench.bank_lookup [--sizes 10000 100000 1000000] [--out FILE]
 
-Writes bench/results/bank_lookup.json. Entries are random (PDQ bits and unit embeddings of
-the served model's width, 1280). Per size it times, one query at a time: the numpy scans the
-bank used before it had an index, and ``consumer.banks.index`` (faiss binary flat for PDQ,
-exact or IVF-SQ8 + exact re-scoring for embeddings). Recall is measured where it matters: for
-near-duplicate queries (an entry plus noise, cosine 0.97-0.99 to it), the fraction for which
-the index returns that entry, as the exact scan does.
+Writes ``bench/results/bank_lookup.json`` in the clone unless ``--out`` says otherwise.
+Entries are random (PDQ bits and unit embeddings of the served model's width, 1280). Per size
+it times, one query at a time: the numpy scans the bank used before it had an index, and
+``consumer.banks.index`` (faiss binary flat for PDQ, exact or IVF-SQ8 + exact re-scoring for
+embeddings). Recall is measured where it matters: for near-duplicate queries (an entry plus
+noise, cosine 0.97-0.99 to it), the fraction for which the index returns that entry, as the
+exact scan does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from bench.clone import clone_root
 from consumer.banks.index import (
     ANN_CANDIDATES,
     ANN_MIN_ENTRIES,
@@ -31,8 +34,8 @@ from consumer.banks.index import (
     HashIndex,
 )
 from consumer.banks.store import unit
+from consumer.errors import ConfigError
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bank_lookup.json"
 DIM = 1280
 _POPCOUNT = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
 
@@ -108,17 +111,25 @@ def measure(size: int, rng: np.random.Generator) -> dict[str, float | int | bool
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bank_lookup", description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="default: <clone>/bench/results/bank_lookup.json")
+    args = parser.parse_args(argv)
+    # Resolved before the minutes of measuring, so a run outside a clone fails at once.
+    try:
+        out: Path = args.out or clone_root() / "bench" / "results" / "bank_lookup.json"
+    except ConfigError as exc:
+        sys.stderr.write(f"bank lookup: {exc}\n")
+        return 2
     rng = np.random.default_rng(0)
     rows = []
     for size in args.sizes:
         row = measure(size, rng)
         rows.append(row)
-        print(json.dumps(row), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        sys.stdout.write(json.dumps(row) + "\n")
+        sys.stdout.flush()
+    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "index": {
@@ -128,7 +139,7 @@ def main() -> int:
         },
         "results": rows,
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -84,7 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure end-to-end vs raw Triton vs naive")
     bench.add_argument("--events", type=int, default=400)
     bench.add_argument("--megapixels", type=float, default=6.0)
-    bench.add_argument("--out", type=Path, default=Path("bench/results"))
+    bench.add_argument("--out", type=Path, help="report folder (default: <clone>/bench/results)")
+    bench.add_argument(
+        "--quick", action="store_true", help="shorter raw Triton and latency phases (smoke test)"
+    )
     bench.set_defaults(handler=_bench)
 
     policy = commands.add_parser("policy", help="policy tools")
@@ -156,18 +160,43 @@ def _produce(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _from_clone(command: str) -> Iterator[None]:
+    """Imports of the ``bench`` package, which a clone has and the service image does not.
+
+    Raises ConfigError, naming ``command``, when ``bench`` is not importable.
+    """
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        # A missing third-party module inside bench is a broken environment, not a missing
+        # clone: let it surface as it is.
+        if exc.name is None or exc.name.partition(".")[0] != "bench":
+            raise
+        raise ConfigError(
+            f"{command} runs from a clone of the repository (the bench package is not installed "
+            "here)"
+        ) from exc
+
+
 def _demo(args: argparse.Namespace) -> int:
-    from bench.demo import run_demo
+    with _from_clone("demo"):
+        from bench.demo import run_demo
 
     configure_logging(LogSettings(json_format=False, level="WARNING"))
     return run_demo(duration_s=args.duration, events=args.events, headless=args.headless)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bench.e2e import run_benchmark
+    with _from_clone("bench"):
+        from bench.clone import clone_root
+        from bench.e2e import run_benchmark
 
     configure_logging(LogSettings(json_format=False, level="WARNING"))
-    return run_benchmark(events=args.events, megapixels=args.megapixels, out_dir=args.out)
+    out_dir = args.out if args.out is not None else clone_root() / "bench" / "results"
+    return run_benchmark(
+        events=args.events, megapixels=args.megapixels, out_dir=out_dir, quick=args.quick
+    )
 
 
 def _policy_check(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@
 Runs eager PyTorch (the weights Triton serves as ONNX; TensorRT is not measured here). For
 each model it compares the GPU's probabilities and embeddings with the CPU's on the same
 uint8 images, in fp32 (TF32 off) and fp16, then times batches of 1, 32 and 256. Exits 1 with
-one line when no GPU is visible.
+one line when no GPU is visible. Run it from a clone: the nsfwjs cache and the results
+(``bench/results/gpu_model.json``) default to folders of the clone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from bench.clone import clone_root
+from consumer.errors import ConfigError
 from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
 from training.nsfwjs.models import MODELS, Uint8NsfwModel, load, parity_inputs
 
@@ -83,18 +86,24 @@ def check(name: str, archive: NsfwjsArchive, seconds: float) -> dict[str, object
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.models.gpu_check", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_model.json"))
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--out", type=Path, help="default: <clone>/bench/results/gpu_model.json")
+    parser.add_argument("--cache-dir", type=Path, help="default: <clone>/.cache/nsfwjs")
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        cache_dir: Path = args.cache_dir or default_cache_dir()
+        out: Path = args.out or clone_root() / "bench" / "results" / "gpu_model.json"
+    except ConfigError as exc:
+        sys.stderr.write(f"gpu check failed: {exc}\n")
+        return 2
     if not torch.cuda.is_available():
         sys.stderr.write("gpu check failed: no CUDA device is visible to PyTorch\n")
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
-    archive = NsfwjsArchive.open(fetch_tarball(args.cache_dir))
+    archive = NsfwjsArchive.open(fetch_tarball(cache_dir))
     report = {
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
@@ -102,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": "eager PyTorch on the GPU; Triton serves the ONNX export (onnxruntime/TensorRT)",
         "results": [check(name, archive, args.seconds) for name in MODELS],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0
 

@@ -1,9 +1,10 @@
 """Images/s of each imported model at batch 1 and 32: eager PyTorch vs the exported ONNX.
 
-    python -m bench.models.speed [--repo triton_repo] [--threads 2] [--seconds 3]
+    python -m bench.models.speed [--repo triton_repo] [--threads 2] [--seconds 3] [--out FILE]
 
 Both run in this process with the same thread count; results go to stdout as JSON lines and
-to ``bench/results/model_speed.json``.
+to ``--out`` (default: ``bench/results/model_speed.json`` in the clone). Run it from a clone:
+the model repository, the nsfwjs cache and the results default to folders of the clone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from bench.clone import clone_root
+from consumer.errors import ConfigError
 from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
 from training.nsfwjs.export import triton_name
 from training.nsfwjs.models import MODELS, load, parity_inputs
@@ -47,19 +50,26 @@ def _run_eager(model: torch.nn.Module, images: torch.Tensor) -> object:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.models.speed", description=__doc__)
-    parser.add_argument("--repo", type=Path, default=Path("triton_repo"))
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--repo", type=Path, help="model repository (default: <clone>/triton_repo)")
+    parser.add_argument("--cache-dir", type=Path, help="default: <clone>/.cache/nsfwjs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/model_speed.json"))
+    parser.add_argument("--out", type=Path, help="default: <clone>/bench/results/model_speed.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        repo: Path = args.repo or clone_root() / "triton_repo"
+        cache_dir: Path = args.cache_dir or default_cache_dir()
+        out: Path = args.out or clone_root() / "bench" / "results" / "model_speed.json"
+    except ConfigError as exc:
+        sys.stderr.write(f"model speed: {exc}\n")
+        return 2
     torch.set_num_threads(args.threads)
-    archive = NsfwjsArchive.open(fetch_tarball(args.cache_dir))
+    archive = NsfwjsArchive.open(fetch_tarball(cache_dir))
     rows = []
     for name in MODELS:
         model = load(name, archive=archive).uint8_input()
-        onnx_path = args.repo / triton_name(name) / "1" / "model.onnx"
+        onnx_path = repo / triton_name(name) / "1" / "model.onnx"
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -85,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime": ort.__version__,
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

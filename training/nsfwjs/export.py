@@ -10,7 +10,7 @@ to each category's prototype, from ``training.prototypes``; NaN for categories w
 labelled examples). The ONNX file is run with onnxruntime against the
 eager PyTorch model before it is installed; a mismatch fails the export and leaves the
 repository as it was. The config says ``backend: "onnxruntime"``: NVIDIA's Triton image serves
-it on GPU (and can build a TensorRT engine from it); ``consumer/local`` serves it on CPU.
+it on GPU (and can build a TensorRT engine from it); ``bench/local`` serves it on CPU.
 """
 
 from __future__ import annotations
