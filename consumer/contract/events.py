@@ -1,8 +1,8 @@
 """The wire contract: ``ImageEvent`` in, ``Decision`` or ``DeadLetter`` out.
 
 Every payload carries ``schema_version``. Consumers of decisions must accept unknown fields
-(new optional fields do not bump the major version); ``scripts/export_schemas.py`` writes the
-JSON Schemas to ``schemas/``.
+(new optional fields do not bump the major version); ``modstream schema`` writes the JSON
+Schemas to ``schemas/``.
 """
 
 from __future__ import annotations
