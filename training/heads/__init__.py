@@ -1,0 +1,1 @@
+"""Heads on the shared backbone: labelled data, training, metrics and export to Triton."""
