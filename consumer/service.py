@@ -13,6 +13,7 @@ from consumer.imaging.decode import ImageLimits
 from consumer.imaging.fetch import ImageFetcher
 from consumer.inference.scorer import BreakerSettings, Scorer
 from consumer.inference.triton import ModelSpec, TritonClassifier
+from consumer.moderation.heads import HeadsDescriptor, LiveHeads
 from consumer.moderation.policy import (
     ModelCategories,
     TopicRoutes,
@@ -96,6 +97,15 @@ async def serve(
         policies.check_model(ModelCategories(spec.class_names, spec.prototype_categories))
         _use_model(spec, banks, metrics)
         metrics.policy_info.info({"version": policies.version})
+        live_heads = (
+            LiveHeads(
+                spec.backbone_sha256,
+                check=lambda heads: outcomes.check_heads(heads),
+                on_change=lambda heads: _heads_changed(heads, metrics),
+            )
+            if spec.has_heads
+            else None
+        )
         outcomes = KafkaOutcomes(
             sink=Sink(producer, metrics),
             spec=spec,
@@ -105,7 +115,10 @@ async def serve(
             max_request_size=settings.kafka.producer_max_request_size,
             metrics=metrics,
             tenant_labels=TenantLabels(settings.metrics.max_tenant_labels, policies.tenants),
+            heads=live_heads,
         )
+        if live_heads is not None:
+            await scorer.learn_heads(live_heads, spec.input_size)
         engine = Engine(
             source=source,
             preparer=Preparer(
@@ -165,6 +178,16 @@ def _engine_settings(settings: Settings) -> EngineSettings:
         drain_timeout_s=settings.flow.drain_timeout_s,
         revoke_grace_s=settings.flow.revoke_grace_s,
         fetch_retry=KAFKA_FETCH,
+    )
+
+
+def _heads_changed(heads: HeadsDescriptor, metrics: Metrics) -> None:
+    metrics.heads_info.info(
+        {
+            "model": heads.heads_model,
+            "version": heads.version,
+            "categories": ",".join(f"{h.name}:{h.tenant or '*'}" for h in heads.categories),
+        }
     )
 
 

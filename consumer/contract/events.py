@@ -100,6 +100,12 @@ class ModelRef(BaseModel):
 
     name: str
     version: str
+    heads_model: str | None = Field(
+        default=None, description="The heads model whose categories scored too, if any."
+    )
+    heads_version: str | None = Field(
+        default=None, description="The heads version that scored this image, if any."
+    )
 
 
 class Timings(BaseModel):

@@ -17,10 +17,11 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from consumer.errors import InferenceRejected, InferenceUnavailable, ModelMismatch
+from consumer.errors import ConfigError, InferenceRejected, InferenceUnavailable, ModelMismatch
 from consumer.imaging.decode import DecodedImage
 from consumer.inference.breaker import BreakerState, CircuitBreaker
 from consumer.inference.triton import BatchResult, ModelSpec
+from consumer.moderation.heads import HeadsDescriptor, LiveHeads
 from consumer.runtime.health import HealthState
 from consumer.runtime.metrics import Metrics
 from consumer.runtime.retry import RetryPolicy
@@ -52,6 +53,10 @@ class Scores:
     """Entropy of the pool's mean prediction, highest over the frames; None without a pool."""
     prototype_similarity: npt.NDArray[np.float32] | None
     """Per category, the lowest over the frames; None when the model has no prototypes."""
+    head_scores: npt.NDArray[np.float32] | None = None
+    """Per head of ``heads``, the highest over the frames; None without a heads model."""
+    heads: HeadsDescriptor | None = None
+    """The heads version that scored the image."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class _Rows:
     seconds: float
     prototype_similarity: npt.NDArray[np.float32] | None
     pool_entropy: npt.NDArray[np.float32] | None
+    head_scores: npt.NDArray[np.float32] | None = None
+    heads: HeadsDescriptor | None = None
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,11 @@ class Scorer:
         breaker: BreakerSettings,
         metrics: Metrics,
         health: HealthState,
+        heads: LiveHeads | None = None,
     ) -> None:
         self._primary = primary
+        self._heads = heads
+        self._refused = False
         self._pool = list(pool)
         self._max_batch_size = max_batch_size
         self._retry = retry
@@ -112,13 +122,24 @@ class Scorer:
         self._health.triton_ok = True
         return spec
 
+    async def learn_heads(self, heads: LiveHeads, input_size: int) -> HeadsDescriptor:
+        """Follow the served heads from now on; learn the version serving now by scoring a
+        blank image. Raises ModelMismatch or PolicyError when that version is unusable."""
+        self._heads = heads
+        blank = np.zeros((1, input_size, input_size, 3), dtype=np.uint8)
+        result = await self._primary.classify(blank)
+        if result.heads_descriptor is None:
+            raise ModelMismatch("the model declares heads outputs but returned no descriptor")
+        return heads.accept(result.heads_descriptor)
+
     async def close(self) -> None:
         for classifier in (self._primary, *self._pool):
             await classifier.close()
 
     @property
     def available(self) -> bool:
-        return self._breaker.closed
+        """False while Triton is down or serves a heads version that was refused."""
+        return self._breaker.closed and not self._refused
 
     async def score(self, images: Sequence[DecodedImage]) -> list[Scores | InferenceRejected]:
         """Score ``images``, splitting a batch Triton rejects to isolate the bad image.
@@ -150,6 +171,12 @@ class Scorer:
                     prototype_similarity=(
                         similarity[frames].min(axis=0) if similarity is not None else None
                     ),
+                    head_scores=(
+                        rows.head_scores[frames].max(axis=0)
+                        if rows.head_scores is not None
+                        else None
+                    ),
+                    heads=rows.heads,
                 )
             )
             start += count
@@ -157,7 +184,16 @@ class Scorer:
 
     async def _infer_rows(self, rows: npt.NDArray[np.uint8]) -> _Rows:
         """Every row's results, in requests no larger than the batch; with a pool, also the
-        entropy of the models' mean prediction per row."""
+        entropy of the models' mean prediction per row.
+
+        Requests of one call must be scored by one heads version: when a new version went live
+        between two of them, the rows are scored again."""
+        while True:
+            scored = await self._infer_chunks(rows)
+            if scored is not None:
+                return scored
+
+    async def _infer_chunks(self, rows: npt.NDArray[np.uint8]) -> _Rows | None:
         results: list[BatchResult] = []
         entropies = []
         seconds = 0.0
@@ -172,6 +208,9 @@ class Scorer:
                 entropies.append(entropy(np.mean([primary.probs, *[m.probs for m in members]], 0)))
             seconds += max(r.seconds for r in [primary, *members])
         similarities = [r.prototype_similarity for r in results]
+        if len({r.heads_descriptor for r in results}) > 1:
+            return None
+        heads = results[0].head_scores is not None
         return _Rows(
             probs=np.concatenate([r.probs for r in results]),
             embeddings=np.concatenate([r.embeddings for r in results]),
@@ -182,6 +221,12 @@ class Scorer:
                 else None
             ),
             pool_entropy=np.concatenate(entropies) if entropies else None,
+            head_scores=(
+                np.concatenate([r.head_scores for r in results])
+                if heads
+                else None
+            ),
+            heads=self._heads.current if heads and self._heads is not None else None,
         )
 
     async def _request(self, pixels: npt.NDArray[np.uint8], classifier: Classifier) -> BatchResult:
@@ -207,10 +252,31 @@ class Scorer:
                 self._metrics.triton_errors.labels(exc.code).inc()
                 raise
             self._breaker.record_success()
+            if result.heads_descriptor is not None and not self._heads_accepted(result):
+                delay = attempts.next_delay() or self._retry.max_s
+                await asyncio.sleep(delay)
+                continue
             self._health.triton_ok = True
             self._metrics.batch_size.observe(len(pixels))
             self._metrics.inference_seconds.observe(result.seconds)
             return result
+
+    def _heads_accepted(self, result: BatchResult) -> bool:
+        """Whether the heads version that answered may be used; a refused one holds the
+        events (and pauses the partitions) until a usable version serves."""
+        if self._heads is None or result.heads_descriptor is None:
+            return True
+        try:
+            self._heads.accept(result.heads_descriptor)
+        except ConfigError as exc:
+            if not self._refused:
+                logger.error("refusing the served heads version, holding events: %s", exc)
+            self._refused = True
+            self._health.triton_ok = False
+            self._metrics.heads_refused.inc()
+            return False
+        self._refused = False
+        return True
 
     def _on_breaker_change(self, state: BreakerState) -> None:
         self._metrics.circuit_open.set(0 if state is BreakerState.CLOSED else 1)

@@ -15,6 +15,11 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from consumer.errors import InferenceRejected, InferenceUnavailable, ModelMismatch
+from consumer.moderation.heads import (
+    BACKBONE_SHA_PARAMETER,
+    HEAD_SCORES_OUTPUT,
+    HEADS_DESCRIPTOR_OUTPUT,
+)
 from consumer.runtime.settings import TritonSettings
 
 logger = logging.getLogger(__name__)
@@ -55,6 +60,10 @@ class ModelSpec:
     max_batch_size: int
     prototype_categories: tuple[str, ...] = ()
     """Categories the model has a prototype for; empty when it has no prototype output."""
+    backbone_sha256: str | None = None
+    """sha256 of the backbone's model file (config parameter), which heads must match."""
+    has_heads: bool = False
+    """The model (an ensemble) also returns head scores and the heads descriptor."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,10 @@ class BatchResult:
     embeddings: npt.NDArray[np.float32]
     seconds: float
     prototype_similarity: npt.NDArray[np.float32] | None = None
+    head_scores: npt.NDArray[np.float32] | None = None
+    """[N, K] with a heads model; K is the serving heads version's."""
+    heads_descriptor: bytes | None = None
+    """The serving heads version's descriptor (JSON), one per request."""
 
 
 def error_code(exc: InferenceServerException) -> str:
@@ -155,6 +168,8 @@ class TritonClassifier:
         names = [PROBS_OUTPUT, EMBEDDING_OUTPUT]
         if spec.prototype_categories:
             names.append(PROTOTYPE_OUTPUT)
+        if spec.has_heads:
+            names.extend((HEAD_SCORES_OUTPUT, HEADS_DESCRIPTOR_OUTPUT))
         outputs = [InferRequestedOutput(name) for name in names]
         started = time.perf_counter()
         try:
@@ -168,18 +183,25 @@ class TritonClassifier:
         except InferenceServerException as exc:
             raise translate(exc, f"inference on {spec.name!r}") from exc
         elapsed = time.perf_counter() - started
-        arrays = [result.as_numpy(name) for name in names]
-        if any(array is None or len(array) != len(pixels) for array in arrays):
+        arrays = {name: result.as_numpy(name) for name in names}
+        if any(array is None or len(array) != len(pixels) for array in arrays.values()):
             raise InferenceRejected(
                 f"model {spec.name!r} returned outputs that do not match the batch of "
                 f"{len(pixels)}; check the model repository"
             )
-        probs, embeddings, *similarity = [np.asarray(array, dtype=np.float32) for array in arrays]
+        floats = {
+            name: np.asarray(array, dtype=np.float32)
+            for name, array in arrays.items()
+            if name != HEADS_DESCRIPTOR_OUTPUT
+        }
+        descriptor = arrays.get(HEADS_DESCRIPTOR_OUTPUT)
         return BatchResult(
-            probs=probs,
-            embeddings=embeddings,
+            probs=floats[PROBS_OUTPUT],
+            embeddings=floats[EMBEDDING_OUTPUT],
             seconds=elapsed,
-            prototype_similarity=similarity[0] if similarity else None,
+            prototype_similarity=floats.get(PROTOTYPE_OUTPUT),
+            head_scores=floats.get(HEAD_SCORES_OUTPUT),
+            heads_descriptor=bytes(descriptor.reshape(-1)[0]) if descriptor is not None else None,
         )
 
 
@@ -247,6 +269,7 @@ def check_model(
             problems.append(f"{PROTOTYPES_PARAMETER} names unknown classes {strangers}")
     elif prototype_categories:
         problems.append(f"{PROTOTYPES_PARAMETER} is set but output {PROTOTYPE_OUTPUT!r} is missing")
+    problems.extend(_heads_problems(outputs))
     if max_batch_size < min_batch_size:
         problems.append(
             f"model max_batch_size is {max_batch_size}; lower MODSTREAM_BATCHING__MAX_BATCH_SIZE "
@@ -273,7 +296,24 @@ def check_model(
         embedding_dim=embedding_dim,
         max_batch_size=max_batch_size,
         prototype_categories=prototype_categories if similarity is not None else (),
+        backbone_sha256=next(iter(_parameter_list(config, BACKBONE_SHA_PARAMETER)), None),
+        has_heads=HEAD_SCORES_OUTPUT in outputs,
     )
+
+
+def _heads_problems(outputs: dict[str, Any]) -> list[str]:
+    """Head scores and the descriptor come together, as FP32 [-1, -1] and BYTES [-1, 1]."""
+    scores, descriptor = outputs.get(HEAD_SCORES_OUTPUT), outputs.get(HEADS_DESCRIPTOR_OUTPUT)
+    if scores is None and descriptor is None:
+        return []
+    if scores is None or descriptor is None:
+        return [f"outputs {HEAD_SCORES_OUTPUT!r} and {HEADS_DESCRIPTOR_OUTPUT!r} come together"]
+    problems = []
+    if scores["datatype"] != "FP32" or [int(d) for d in scores["shape"]] != [-1, -1]:
+        problems.append(f"output {HEAD_SCORES_OUTPUT!r} must be FP32 [-1, -1]")
+    if descriptor["datatype"] != "BYTES" or [int(d) for d in descriptor["shape"]] != [-1, 1]:
+        problems.append(f"output {HEADS_DESCRIPTOR_OUTPUT!r} must be BYTES [-1, 1]")
+    return problems
 
 
 def _class_names(config: dict[str, Any]) -> tuple[str, ...]:

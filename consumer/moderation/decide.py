@@ -13,6 +13,7 @@ import numpy.typing as npt
 from consumer.banks.store import Match
 from consumer.contract.events import Action, Decision, ImageEvent, ModelRef, Reason, Timings
 from consumer.inference.triton import ModelSpec
+from consumer.moderation.heads import HeadsDescriptor
 from consumer.moderation.policy import ExemplarSpec, PolicySet, TenantRules, threshold_verdict
 
 
@@ -47,17 +48,23 @@ def decide_event(
     exemplar: Match | None = None,
     pool_entropy: float | None = None,
     prototype_similarity: npt.NDArray[np.float32] | None = None,
+    heads: HeadsDescriptor | None = None,
+    head_scores: npt.NDArray[np.float32] | None = None,
 ) -> Routed:
     """Score, apply the tenant's policy and pick the topic of the resulting action.
 
     A bank match is one more rule: the most severe of it and the thresholds decides. An
     ``allow`` is then escalated to ``review`` when the label is not to be trusted: the image
-    is far from its label's prototype, or the pool of models disagrees.
+    is far from its label's prototype, or the pool of models disagrees. Head scores join the
+    built-in ones for the heads the tenant may see: the platform's and its own.
     """
     rules = policies.rules_for(event.tenant_id)
     scores = {name: round(float(p), 6) for name, p in zip(spec.class_names, probs, strict=True)}
     predicted = max(scores, key=scores.__getitem__)
     similarity = predicted_similarity(prototype_similarity, list(scores).index(predicted))
+    if heads is not None and head_scores is not None:
+        for index in heads.visible_to(event.tenant_id):
+            scores[heads.categories[index].name] = round(float(head_scores[index]), 6)
     reasons = list(threshold_verdict(rules, scores).reasons)
     if exemplar is not None:
         reasons.append(exemplar_reason(exemplar, rules.exemplars))
@@ -75,7 +82,12 @@ def decide_event(
         scores=scores,
         reasons=reasons,
         prototype_similarity=similarity,
-        model=ModelRef(name=spec.name, version=spec.version),
+        model=ModelRef(
+            name=spec.name,
+            version=spec.version,
+            heads_model=heads.heads_model if heads is not None else None,
+            heads_version=heads.version if heads is not None else None,
+        ),
         policy_version=policies.version,
         timings=Timings(
             queue_ms=ms_between(event.created_at, times.consumed_at),

@@ -12,13 +12,16 @@ was trained on; served on another backbone its scores mean nothing, so it is ref
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from consumer.errors import ModelMismatch
+from consumer.errors import ConfigError, ModelMismatch
+
+logger = logging.getLogger(__name__)
 
 HEAD_SCORES_OUTPUT = "head_scores"
 HEADS_DESCRIPTOR_OUTPUT = "heads_descriptor"
@@ -86,3 +89,64 @@ def check_unique(categories: Iterable[HeadCategory], builtin: Iterable[str]) -> 
                 "(a tenant's head and a platform head cannot share one either)"
             )
         seen.add(head.name)
+
+
+class LiveHeads:
+    """The heads version serving now, learnt from responses; refuses versions that cannot be
+    used (another backbone, a category the live policies cannot accept).
+
+    ``accept`` is called with each response's raw descriptor and is cheap for the one already
+    known. ``check`` raises PolicyError (or ModelMismatch) to refuse; ``on_change`` hears of
+    every accepted new version.
+    """
+
+    def __init__(
+        self,
+        backbone_sha256: str | None,
+        check: Callable[[HeadsDescriptor], None],
+        on_change: Callable[[HeadsDescriptor], None],
+    ) -> None:
+        self._backbone_sha256 = backbone_sha256
+        self._check = check
+        self._on_change = on_change
+        self._known: dict[bytes, HeadsDescriptor] = {}
+        self.current: HeadsDescriptor | None = None
+
+    def accept(self, raw: bytes) -> HeadsDescriptor:
+        """The descriptor in ``raw``; raises ModelMismatch or PolicyError to refuse it."""
+        known = self._known.get(raw)
+        if known is not None:
+            self._switch(known)
+            return known
+        try:
+            descriptor = HeadsDescriptor.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ModelMismatch(
+                f"the heads model returned an unreadable descriptor: {exc}"
+            ) from exc
+        descriptor.check_backbone(self._backbone_sha256)
+        self._check(descriptor)
+        # Only accepted versions are remembered: a refused one is checked again next time, so
+        # fixing the policy (or promoting another version) is noticed without a restart.
+        self._known[raw] = descriptor
+        self._switch(descriptor)
+        return descriptor
+
+    def recheck(self) -> None:
+        """Check the known versions again (the policies changed); forget refused ones."""
+        for raw, descriptor in list(self._known.items()):
+            try:
+                self._check(descriptor)
+            except ConfigError:
+                del self._known[raw]
+
+    def _switch(self, descriptor: HeadsDescriptor) -> None:
+        if self.current is None or self.current.version != descriptor.version:
+            logger.info(
+                "heads %s version %s serving: %s",
+                descriptor.heads_model,
+                descriptor.version,
+                ", ".join(f"{h.name} ({h.tenant or 'platform'})" for h in descriptor.categories),
+            )
+            self.current = descriptor
+            self._on_change(descriptor)

@@ -124,6 +124,13 @@ class ModelCategories:
 
     classes: tuple[str, ...]
     prototypes: tuple[str, ...] = ()
+    heads: Mapping[str, str | None] = field(default_factory=dict)
+    """Categories the served heads add, each with its tenant (None: the platform's)."""
+
+    def nameable_by(self, tenant_id: str | None) -> set[str]:
+        """The categories a tenant's rules (None: the default policy's) may threshold."""
+        own = {name for name, owner in self.heads.items() if owner is None or owner == tenant_id}
+        return set(self.classes) | own
 
 
 @dataclass(frozen=True)
@@ -171,8 +178,24 @@ class PolicySet:
             )
 
     def check_model(self, model: ModelCategories) -> None:
-        """Raise PolicyError if a rule needs something the served model does not give."""
-        self.check_categories(model.classes)
+        """Raise PolicyError if a rule needs something the served model does not give.
+
+        A tenant's own heads are nameable by that tenant alone; platform heads by everyone.
+        """
+        self.check_categories([*model.classes, *model.heads])
+        for tenant, rules in [(None, self.default), *self.tenants.items()]:
+            foreign = sorted(
+                (set(rules.thresholds) | set(rules.prototype_minimums)) - model.nameable_by(tenant)
+            )
+            if foreign:
+                who = f"tenant {tenant}" if tenant else "the default policy"
+                owners = ", ".join(
+                    f"{name} belongs to tenant {model.heads[name]}" for name in foreign
+                )
+                raise PolicyError(
+                    f"{who} names heads of another tenant ({owners}); a tenant's heads apply to "
+                    "that tenant only: move the thresholds under the owning tenant"
+                )
         checked: set[str] = set()
         for rules in self._all_rules():
             checked.update(rules.prototype_minimums)

@@ -19,6 +19,7 @@ from consumer.errors import EventRejected
 from consumer.inference.scorer import Scores
 from consumer.inference.triton import ModelSpec
 from consumer.moderation.decide import StageTimes, decide_event
+from consumer.moderation.heads import HeadsDescriptor, LiveHeads
 from consumer.moderation.policy import ModelCategories, PolicySet
 from consumer.pipeline.ports import Pending, Prepared
 from consumer.pipeline.sink import Sink
@@ -45,7 +46,9 @@ class KafkaOutcomes:
         max_request_size: int,
         metrics: Metrics,
         tenant_labels: TenantLabels,
+        heads: LiveHeads | None = None,
     ) -> None:
+        self._heads = heads
         self._sink = sink
         self._spec = spec
         self._policies = policies
@@ -55,13 +58,25 @@ class KafkaOutcomes:
         self._metrics = metrics
         self._tenant_labels = tenant_labels
 
-    def model_categories(self) -> ModelCategories:
-        """What the served model gives policies (for validating new policies)."""
-        return ModelCategories(self._spec.class_names, self._spec.prototype_categories)
+    def model_categories(self, heads: HeadsDescriptor | None = None) -> ModelCategories:
+        """What the served model (with ``heads``, default: those serving now) gives policies."""
+        if heads is None and self._heads is not None:
+            heads = self._heads.current
+        return ModelCategories(
+            self._spec.class_names,
+            self._spec.prototype_categories,
+            {h.name: h.tenant for h in heads.categories} if heads is not None else {},
+        )
+
+    def check_heads(self, heads: HeadsDescriptor) -> None:
+        """Raise PolicyError when the live policies cannot take ``heads``' categories."""
+        self._policies.check_model(self.model_categories(heads))
 
     def replace_policies(self, policies: PolicySet) -> None:
         """Decide every event from now on with ``policies`` (already validated)."""
         self._policies = policies
+        if self._heads is not None:
+            self._heads.recheck()
         self._tenant_labels.pin(policies.tenants)
         self._metrics.policy_info.info({"version": policies.version})
 
@@ -95,7 +110,12 @@ class KafkaOutcomes:
             exemplar=exemplar,
             pool_entropy=scores.pool_entropy,
             prototype_similarity=scores.prototype_similarity,
+            heads=scores.heads,
+            head_scores=scores.head_scores,
         )
+        if scores.heads is not None and scores.head_scores is not None:
+            for head, score in zip(scores.heads.categories, scores.head_scores, strict=True):
+                self._metrics.head_scores.labels(scores.heads.version, head.name).observe(score)
         decision = routed.decision
         await self._sink.deliver(
             routed.topic,

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 OTHER_TENANT = "other"
 
+_SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 
@@ -136,5 +137,26 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.heads_refused = Counter(
+            "modstream_heads_refused_total",
+            "Responses from a heads version that was refused (another backbone, or categories "
+            "the policies cannot take); their events wait for a usable version.",
+            registry=r,
+        )
+        self.head_scores = Histogram(
+            "modstream_head_score",
+            "Scores of custom categories, by heads version and category.",
+            ["heads_version", "category"],
+            buckets=_SCORE_BUCKETS,
+            registry=r,
+        )
+        self.shadow_comparisons = Counter(
+            "modstream_heads_shadow_total",
+            "Events scored by the shadow heads version too, by whether the would-be action "
+            "equals the live one (agree, differ).",
+            ["shadow_version", "result"],
+            registry=r,
+        )
+        self.heads_info = Info("modstream_heads", "The heads version serving now.", registry=r)
         self.model_info = Info("modstream_model", "The model the consumer serves.", registry=r)
         self.policy_info = Info("modstream_policy", "The policy in force.", registry=r)

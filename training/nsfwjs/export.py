@@ -16,6 +16,7 @@ it on GPU (and can build a TensorRT engine from it); ``bench/local`` serves it o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
 import time
@@ -27,6 +28,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 
+from consumer.moderation.heads import BACKBONE_SHA_PARAMETER
 from consumer.runtime.folders import replace_folder
 from training.nsfwjs.archive import NsfwjsArchive, default_cache_dir, fetch_tarball
 from training.nsfwjs.errors import ImportFailed
@@ -145,7 +147,7 @@ def _max_diff(
     return float(np.max(np.abs(exported[~missing] - eager[~missing]), initial=0.0))
 
 
-def triton_config(cfg: PretrainedConfig, prototypes: Prototypes) -> str:
+def triton_config(cfg: PretrainedConfig, prototypes: Prototypes, model_sha256: str) -> str:
     categories = ",".join(CATEGORIES[name] for name in cfg.class_names)
     size = cfg.input_size
     counts = ",".join(f"{name}:{count}" for name, count in prototypes.counts.items())
@@ -161,6 +163,8 @@ def triton_config(cfg: PretrainedConfig, prototypes: Prototypes) -> str:
         "modstream.source": cfg.source,
         "modstream.license": cfg.license,
         "modstream.tarball_sha256": cfg.tarball_sha256,
+        # Heads trained on this model's embedding record it; others are refused.
+        BACKBONE_SHA_PARAMETER: model_sha256,
     }
     rendered = "\n".join(
         f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
@@ -221,7 +225,8 @@ def export_to_repository(model: NsfwModel, repo: Path, prototypes: Prototypes) -
         onnx_path = staging / "1" / "model.onnx"
         export_onnx(served, onnx_path)
         diffs = check_parity(served, onnx_path)
-        (staging / "config.pbtxt").write_text(triton_config(cfg, prototypes))
+        model_sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+        (staging / "config.pbtxt").write_text(triton_config(cfg, prototypes, model_sha256))
         (staging / "labels.txt").write_text(
             "\n".join(CATEGORIES[name] for name in cfg.class_names) + "\n"
         )

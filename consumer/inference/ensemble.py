@@ -1,0 +1,130 @@
+"""The ``moderation`` ensemble: the backbone, then the heads, in one Triton request.
+
+The ensemble is configuration only (no weights), so pinning it to another heads version is a
+cheap reload that Triton performs while it keeps serving. Its ``parameters`` repeat the
+backbone's (class names, prototypes, input size, backbone hash), so the consumer reads one
+model's config whether it is pointed at the ensemble or at the backbone alone, and record
+which heads version is live and which was live before (for rollback).
+
+Configs are built and parsed with Triton's own model-config protobuf, so what is written is
+what Triton reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from consumer.errors import ConfigError
+from consumer.moderation.heads import HEAD_SCORES_OUTPUT, HEADS_DESCRIPTOR_OUTPUT
+
+HEADS_MODEL_PARAMETER = "modstream.heads_model"
+HEADS_VERSION_PARAMETER = "modstream.heads_version"
+PREVIOUS_VERSION_PARAMETER = "modstream.previous_heads_version"
+BACKBONE_MODEL_PARAMETER = "modstream.backbone_model"
+EMBEDDING = "embedding"
+
+# Triton's generated protobuf classes carry no type information.
+ModelConfig: TypeAlias = Any
+
+
+def read_config(path: Path) -> ModelConfig:
+    """Parse a ``config.pbtxt``; ConfigError names the file when it does not parse."""
+    try:
+        return text_format.Parse(path.read_text(), pb.ModelConfig())
+    except (OSError, text_format.ParseError) as exc:
+        raise ConfigError(f"{path}: not a readable Triton model config: {exc}") from exc
+
+
+def render(config: ModelConfig) -> str:
+    return str(text_format.MessageToString(config))
+
+
+def as_json(config: ModelConfig) -> str:
+    """The config as Triton's load API takes it (``load_model(name, config=...)``)."""
+    return str(json_format.MessageToJson(config, preserving_proto_field_name=True))
+
+
+def from_json(text: str) -> ModelConfig:
+    return json_format.Parse(text, pb.ModelConfig(), ignore_unknown_fields=True)
+
+
+def heads_config(backbone: ModelConfig, name: str) -> ModelConfig:
+    """The heads model: the backbone's embedding in; scores and the descriptor out."""
+    embedding = _output(backbone, EMBEDDING)
+    config = pb.ModelConfig(name=name, backend="python", max_batch_size=backbone.max_batch_size)
+    config.version_policy.all.SetInParent()
+    config.input.add(name=EMBEDDING, data_type=pb.TYPE_FP32, dims=list(embedding.dims))
+    config.output.add(name=HEAD_SCORES_OUTPUT, data_type=pb.TYPE_FP32, dims=[-1])
+    config.output.add(name=HEADS_DESCRIPTOR_OUTPUT, data_type=pb.TYPE_STRING, dims=[1])
+    config.dynamic_batching.SetInParent()
+    return config
+
+
+def ensemble_config(
+    backbone: ModelConfig, heads_model: str, heads_version: str, name: str = "moderation"
+) -> ModelConfig:
+    """backbone → heads, exposing every backbone output plus the heads' two."""
+    config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=backbone.max_batch_size)
+    for tensor in backbone.input:
+        config.input.add().CopyFrom(tensor)
+    first = config.ensemble_scheduling.step.add(model_name=backbone.name, model_version=-1)
+    for tensor in backbone.input:
+        first.input_map[tensor.name] = tensor.name
+    for tensor in backbone.output:
+        added = config.output.add()
+        added.CopyFrom(tensor)
+        added.ClearField("label_filename")  # the labels file lives with the backbone
+        first.output_map[tensor.name] = tensor.name
+    heads = config.ensemble_scheduling.step.add(model_name=heads_model)
+    heads.input_map[EMBEDDING] = EMBEDDING
+    for output in (HEAD_SCORES_OUTPUT, HEADS_DESCRIPTOR_OUTPUT):
+        heads.output_map[output] = output
+    config.output.add(name=HEAD_SCORES_OUTPUT, data_type=pb.TYPE_FP32, dims=[-1])
+    config.output.add(name=HEADS_DESCRIPTOR_OUTPUT, data_type=pb.TYPE_STRING, dims=[1])
+    for key, value in backbone.parameters.items():
+        config.parameters[key].string_value = value.string_value
+    config.parameters[BACKBONE_MODEL_PARAMETER].string_value = backbone.name
+    config.parameters[HEADS_MODEL_PARAMETER].string_value = heads_model
+    return pin(config, heads_version)
+
+
+def pin(config: ModelConfig, heads_version: str) -> ModelConfig:
+    """A copy of the ensemble serving ``heads_version``, remembering the version it replaces."""
+    pinned = pb.ModelConfig()
+    pinned.CopyFrom(config)
+    step = heads_step(pinned)
+    current = live_version(config)
+    if current is not None and current != heads_version:
+        pinned.parameters[PREVIOUS_VERSION_PARAMETER].string_value = current
+    step.model_version = int(heads_version)
+    pinned.parameters[HEADS_VERSION_PARAMETER].string_value = heads_version
+    return pinned
+
+
+def heads_step(config: ModelConfig) -> Any:
+    model = config.parameters[HEADS_MODEL_PARAMETER].string_value
+    for step in config.ensemble_scheduling.step:
+        if step.model_name == model:
+            return step
+    raise ConfigError(f"ensemble {config.name} has no step for its heads model {model!r}")
+
+
+def live_version(config: ModelConfig) -> str | None:
+    value = config.parameters.get(HEADS_VERSION_PARAMETER)
+    return value.string_value if value is not None and value.string_value else None
+
+
+def previous_version(config: ModelConfig) -> str | None:
+    value = config.parameters.get(PREVIOUS_VERSION_PARAMETER)
+    return value.string_value if value is not None and value.string_value else None
+
+
+def _output(config: ModelConfig, name: str) -> Any:
+    for tensor in config.output:
+        if tensor.name == name:
+            return tensor
+    raise ConfigError(f"model {config.name} has no {name!r} output; heads need the embedding")
