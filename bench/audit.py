@@ -10,15 +10,15 @@ and policy).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
-from consumer.errors import BrokerUnavailable
+from consumer.runtime.kafka import read_topics
+from consumer.runtime.settings import KafkaSettings
 
 
 @dataclass(frozen=True)
@@ -58,47 +58,10 @@ async def read_to_end(
     bootstrap: str, topics: Sequence[str], timeout_s: float = 60.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topics`` from the beginning to the high watermark seen at the start."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=32 << 20,
-        fetch_max_bytes=64 << 20,
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap, max_partition_fetch_bytes=32 << 20, fetch_max_bytes=64 << 20
     )
-    try:
-        await consumer.start()
-    except Exception as exc:
-        raise BrokerUnavailable(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
-    records: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        await consumer.topics()
-        partitions = [
-            TopicPartition(topic, partition)
-            for topic in topics
-            for partition in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            return records
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        # The broker's list-offsets answer is unreliable on some Kafka-compatible brokers; the
-        # high watermark returned with fetches is not, so read until every position reaches it.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        remaining = set(partitions)
-        while remaining:
-            if loop.time() > deadline:
-                raise TimeoutError(f"could not read {sorted(map(str, remaining))} to the end")
-            batch = await consumer.getmany(timeout_ms=500)
-            for batch_records in batch.values():
-                records.extend(batch_records)
-            for tp in list(remaining):
-                highwater = consumer.highwater(tp)
-                if highwater is not None and await consumer.position(tp) >= highwater:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return records
+    return await read_topics(settings, topics, timeout_s)
 
 
 def _event_id(value: bytes | None) -> str | None:

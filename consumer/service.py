@@ -8,10 +8,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from consumer.banks.store import BankSet
-from consumer.errors import PolicyError
+from consumer.errors import ConfigError, PolicyError
 from consumer.imaging.decode import ImageLimits
 from consumer.imaging.fetch import ImageFetcher
 from consumer.inference.scorer import BreakerSettings, Scorer
+from consumer.inference.shadow import ShadowHeads
 from consumer.inference.triton import ModelSpec, TritonClassifier
 from consumer.moderation.heads import HeadsDescriptor, LiveHeads
 from consumer.moderation.policy import (
@@ -116,9 +117,11 @@ async def serve(
             metrics=metrics,
             tenant_labels=TenantLabels(settings.metrics.max_tenant_labels, policies.tenants),
             heads=live_heads,
+            shadow_topic=settings.topics.heads_shadow if settings.heads.shadow_version else None,
         )
+        shadow = _shadow(settings, spec)
         if live_heads is not None:
-            await scorer.learn_heads(live_heads, spec.input_size)
+            await scorer.learn_heads(live_heads, spec.input_size, shadow)
         engine = Engine(
             source=source,
             preparer=Preparer(
@@ -179,6 +182,21 @@ def _engine_settings(settings: Settings) -> EngineSettings:
         revoke_grace_s=settings.flow.revoke_grace_s,
         fetch_retry=KAFKA_FETCH,
     )
+
+
+def _shadow(settings: Settings, spec: ModelSpec) -> ShadowHeads | None:
+    version = settings.heads.shadow_version
+    if version is None:
+        return None
+    if spec.heads_model is None or not spec.has_heads:
+        raise ConfigError(
+            f"MODSTREAM_HEADS__SHADOW_VERSION is set but {spec.name} has no heads model; point "
+            "MODSTREAM_TRITON__MODEL_NAME at the moderation ensemble"
+        )
+    shadow = ShadowHeads(settings.triton, spec.heads_model, version)
+    shadow.expect_backbone(spec.backbone_sha256)
+    logger.info("shadowing heads %s version %s", spec.heads_model, version)
+    return shadow
 
 
 def _heads_changed(heads: HeadsDescriptor, metrics: Metrics) -> None:

@@ -172,10 +172,36 @@ class DeadLetter(BaseModel):
     failed_at: datetime
 
 
+class ShadowComparison(BaseModel):
+    """One event's live decision beside the one a candidate heads version would have made.
+
+    Produced to the heads-shadow topic, keyed by ``event_id``; it routes nothing.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal["1.0"] = "1.0"
+    event_id: EventId
+    tenant_id: TenantId
+    live_heads_version: str | None
+    shadow_heads_version: str
+    live_action: Action
+    shadow_action: Action
+    live_categories: list[str] = Field(description="Categories of the rules that fired live.")
+    shadow_categories: list[str] = Field(
+        description="Categories of the rules that would have fired with the candidate heads."
+    )
+    shadow_scores: dict[str, float] = Field(
+        description="The candidate's scores of the heads this tenant sees."
+    )
+    compared_at: datetime
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schemas of every payload, keyed by file name."""
     return {
         "image_event.schema.json": ImageEvent.model_json_schema(),
         "decision.schema.json": Decision.model_json_schema(),
         "dead_letter.schema.json": DeadLetter.model_json_schema(),
+        "heads_shadow.schema.json": ShadowComparison.model_json_schema(),
     }

@@ -19,9 +19,12 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from consumer.errors import ConfigError
-from consumer.moderation.heads import HEAD_SCORES_OUTPUT, HEADS_DESCRIPTOR_OUTPUT
+from consumer.moderation.heads import (
+    HEAD_SCORES_OUTPUT,
+    HEADS_DESCRIPTOR_OUTPUT,
+    HEADS_MODEL_PARAMETER,
+)
 
-HEADS_MODEL_PARAMETER = "modstream.heads_model"
 HEADS_VERSION_PARAMETER = "modstream.heads_version"
 PREVIOUS_VERSION_PARAMETER = "modstream.previous_heads_version"
 BACKBONE_MODEL_PARAMETER = "modstream.backbone_model"

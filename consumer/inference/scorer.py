@@ -20,6 +20,7 @@ import numpy.typing as npt
 from consumer.errors import ConfigError, InferenceRejected, InferenceUnavailable, ModelMismatch
 from consumer.imaging.decode import DecodedImage
 from consumer.inference.breaker import BreakerState, CircuitBreaker
+from consumer.inference.shadow import ShadowHeads, ShadowScores
 from consumer.inference.triton import BatchResult, ModelSpec
 from consumer.moderation.heads import HeadsDescriptor, LiveHeads
 from consumer.runtime.health import HealthState
@@ -57,6 +58,8 @@ class Scores:
     """Per head of ``heads``, the highest over the frames; None without a heads model."""
     heads: HeadsDescriptor | None = None
     """The heads version that scored the image."""
+    shadow: ShadowScores | None = None
+    """The candidate heads version's scores, when one is shadowed."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Scorer:
         health: HealthState,
         heads: LiveHeads | None = None,
     ) -> None:
+        self._shadow: ShadowHeads | None = None
         self._primary = primary
         self._heads = heads
         self._refused = False
@@ -122,10 +126,16 @@ class Scorer:
         self._health.triton_ok = True
         return spec
 
-    async def learn_heads(self, heads: LiveHeads, input_size: int) -> HeadsDescriptor:
-        """Follow the served heads from now on; learn the version serving now by scoring a
-        blank image. Raises ModelMismatch or PolicyError when that version is unusable."""
+    async def learn_heads(
+        self, heads: LiveHeads, input_size: int, shadow: ShadowHeads | None = None
+    ) -> HeadsDescriptor:
+        """Follow the served heads from now on (and score ``shadow``'s candidate beside them);
+        learn the version serving now by scoring a blank image.
+
+        Raises ModelMismatch or PolicyError when that version is unusable.
+        """
         self._heads = heads
+        self._shadow = shadow
         blank = np.zeros((1, input_size, input_size, 3), dtype=np.uint8)
         result = await self._primary.classify(blank)
         if result.heads_descriptor is None:
@@ -135,6 +145,8 @@ class Scorer:
     async def close(self) -> None:
         for classifier in (self._primary, *self._pool):
             await classifier.close()
+        if self._shadow is not None:
+            await self._shadow.close()
 
     @property
     def available(self) -> bool:
@@ -157,6 +169,7 @@ class Scorer:
                 return [exc]
             middle = len(images) // 2
             return [*await self.score(images[:middle]), *await self.score(images[middle:])]
+        shadow = await self._shadow.score(rows.embeddings) if self._shadow is not None else None
         results: list[Scores | InferenceRejected] = []
         start = 0
         for count in counts:
@@ -177,6 +190,11 @@ class Scorer:
                         else None
                     ),
                     heads=rows.heads,
+                    shadow=(
+                        ShadowScores(shadow[0], shadow[1][frames].max(axis=0))
+                        if shadow is not None
+                        else None
+                    ),
                 )
             )
             start += count

@@ -19,6 +19,7 @@ from consumer.moderation.heads import (
     BACKBONE_SHA_PARAMETER,
     HEAD_SCORES_OUTPUT,
     HEADS_DESCRIPTOR_OUTPUT,
+    HEADS_MODEL_PARAMETER,
 )
 from consumer.runtime.settings import TritonSettings
 
@@ -64,6 +65,8 @@ class ModelSpec:
     """sha256 of the backbone's model file (config parameter), which heads must match."""
     has_heads: bool = False
     """The model (an ensemble) also returns head scores and the heads descriptor."""
+    heads_model: str | None = None
+    """The heads model inside the ensemble (for shadow scoring a candidate version)."""
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ def check_model(
         prototype_categories=prototype_categories if similarity is not None else (),
         backbone_sha256=next(iter(_parameter_list(config, BACKBONE_SHA_PARAMETER)), None),
         has_heads=HEAD_SCORES_OUTPUT in outputs,
+        heads_model=next(iter(_parameter_list(config, HEADS_MODEL_PARAMETER)), None),
     )
 
 

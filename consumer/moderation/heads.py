@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 HEAD_SCORES_OUTPUT = "head_scores"
 HEADS_DESCRIPTOR_OUTPUT = "heads_descriptor"
 BACKBONE_SHA_PARAMETER = "modstream.backbone_sha256"
+HEADS_MODEL_PARAMETER = "modstream.heads_model"
 
 CategoryName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 TenantName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]

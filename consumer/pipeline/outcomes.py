@@ -13,7 +13,14 @@ import logging
 from datetime import UTC, datetime
 
 from consumer.banks.store import BankSet
-from consumer.contract.events import Action, DeadLetter, ImageEvent, SourceRecord
+from consumer.contract.events import (
+    Action,
+    DeadLetter,
+    Decision,
+    ImageEvent,
+    ShadowComparison,
+    SourceRecord,
+)
 from consumer.contract.headers import dead_letter_headers, decision_headers
 from consumer.errors import EventRejected
 from consumer.inference.scorer import Scores
@@ -47,8 +54,10 @@ class KafkaOutcomes:
         metrics: Metrics,
         tenant_labels: TenantLabels,
         heads: LiveHeads | None = None,
+        shadow_topic: str | None = None,
     ) -> None:
         self._heads = heads
+        self._shadow_topic = shadow_topic
         self._sink = sink
         self._spec = spec
         self._policies = policies
@@ -117,6 +126,21 @@ class KafkaOutcomes:
             for head, score in zip(scores.heads.categories, scores.head_scores, strict=True):
                 self._metrics.head_scores.labels(scores.heads.version, head.name).observe(score)
         decision = routed.decision
+        if scores.shadow is not None and self._shadow_topic is not None:
+            candidate = decide_event(
+                event,
+                scores.probs,
+                self._spec,
+                self._policies,
+                times,
+                decided_at=decision.decided_at,
+                exemplar=exemplar,
+                pool_entropy=scores.pool_entropy,
+                prototype_similarity=scores.prototype_similarity,
+                heads=scores.shadow.heads,
+                head_scores=scores.shadow.head_scores,
+            )
+            await self._compare(decision, candidate.decision, scores.shadow.heads)
         await self._sink.deliver(
             routed.topic,
             event.event_id.encode(),
@@ -144,6 +168,31 @@ class KafkaOutcomes:
                 **coordinates(record),
             },
         )
+
+    async def _compare(self, live: Decision, candidate: Decision, heads: HeadsDescriptor) -> None:
+        """Produce the shadow comparison; the shadow topic only informs, it routes nothing."""
+        names = set(heads.names())
+        comparison = ShadowComparison(
+            event_id=live.event_id,
+            tenant_id=live.tenant_id,
+            live_heads_version=live.model.heads_version,
+            shadow_heads_version=heads.version,
+            live_action=live.action,
+            shadow_action=candidate.action,
+            live_categories=[r.category for r in live.reasons if r.category],
+            shadow_categories=[r.category for r in candidate.reasons if r.category],
+            shadow_scores={k: v for k, v in candidate.scores.items() if k in names},
+            compared_at=datetime.now(UTC),
+        )
+        result = "agree" if live.action is candidate.action else "differ"
+        self._metrics.shadow_comparisons.labels(heads.version, result).inc()
+        if self._shadow_topic is not None:
+            await self._sink.deliver(
+                self._shadow_topic,
+                live.event_id.encode(),
+                comparison.model_dump_json().encode(),
+                [("content-type", b"application/json")],
+            )
 
     async def dead_letter(
         self, pending: Pending, rejection: EventRejected, event: ImageEvent | None

@@ -1,13 +1,16 @@
-"""Build aiokafka clients from KafkaSettings (security options in one place)."""
+"""Build aiokafka clients from KafkaSettings (security options in one place); read topics whole."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import ConsumerRecord
 
 from consumer.errors import BrokerUnavailable
 from consumer.runtime.settings import KafkaSettings
@@ -82,3 +85,51 @@ async def start_producer(producer: AIOKafkaProducer, bootstrap: str) -> None:
             f"cannot reach Kafka at {bootstrap} ({exc}); check MODSTREAM_KAFKA__BOOTSTRAP_SERVERS "
             "and the security settings"
         ) from exc
+
+
+async def read_topics(
+    settings: KafkaSettings, topics: Sequence[str], timeout_s: float = 60.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topics`` from the beginning to the high watermark seen at the start.
+
+    Raises BrokerUnavailable when Kafka cannot be reached, TimeoutError when the topics are not
+    read to their end within ``timeout_s``.
+    """
+    consumer = build_reader(settings)
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}"
+        ) from exc
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        await consumer.topics()
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return records
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        # The broker's list-offsets answer is unreliable on some Kafka-compatible brokers; the
+        # high watermark returned with fetches is not, so read until every position reaches it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        remaining = set(partitions)
+        while remaining:
+            if loop.time() > deadline:
+                raise TimeoutError(f"could not read {sorted(map(str, remaining))} to the end")
+            batch = await consumer.getmany(timeout_ms=500)
+            for batch_records in batch.values():
+                records.extend(batch_records)
+            for tp in list(remaining):
+                highwater = consumer.highwater(tp)
+                if highwater is not None and await consumer.position(tp) >= highwater:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return records

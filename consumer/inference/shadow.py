@@ -1,0 +1,87 @@
+"""Score a candidate heads version on live traffic, beside the live one, routing nothing.
+
+After the ensemble answered a batch, its embeddings go to the candidate version of the heads
+model directly. A failure here never touches the live decision: the shadow scores are simply
+missing for that batch (logged and counted).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc.aio as triton_aio
+from pydantic import ValidationError
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from consumer.errors import ModelMismatch
+from consumer.moderation.heads import HEAD_SCORES_OUTPUT, HEADS_DESCRIPTOR_OUTPUT, HeadsDescriptor
+from consumer.runtime.settings import TritonSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShadowScores:
+    heads: HeadsDescriptor
+    head_scores: npt.NDArray[np.float32]
+    """[K] for one image (the highest over its frames)."""
+
+
+class ShadowHeads:
+    """The candidate version of the heads model, asked with the live request's embeddings."""
+
+    def __init__(self, settings: TritonSettings, heads_model: str, version: str) -> None:
+        self._client = triton_aio.InferenceServerClient(url=settings.url)
+        self._timeout_s = settings.timeout_s
+        self._model = heads_model
+        self.version = version
+        self._backbone_sha256: str | None = None
+        self._known: dict[bytes, HeadsDescriptor] = {}
+        self._disabled = False
+
+    def expect_backbone(self, backbone_sha256: str | None) -> None:
+        self._backbone_sha256 = backbone_sha256
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def score(
+        self, embeddings: npt.NDArray[np.float32]
+    ) -> tuple[HeadsDescriptor, npt.NDArray[np.float32]] | None:
+        """The candidate's descriptor and [N, K] scores, or None when it cannot be had."""
+        if self._disabled:
+            return None
+        tensor = InferInput("embedding", list(embeddings.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+        try:
+            result = await self._client.infer(
+                self._model,
+                [tensor],
+                model_version=self.version,
+                outputs=[
+                    InferRequestedOutput(HEAD_SCORES_OUTPUT),
+                    InferRequestedOutput(HEADS_DESCRIPTOR_OUTPUT),
+                ],
+                client_timeout=self._timeout_s,
+            )
+        except InferenceServerException as exc:
+            logger.warning("shadow heads version %s did not answer: %s", self.version, exc)
+            return None
+        raw = bytes(result.as_numpy(HEADS_DESCRIPTOR_OUTPUT).reshape(-1)[0])
+        descriptor = self._known.get(raw)
+        if descriptor is None:
+            try:
+                descriptor = HeadsDescriptor.model_validate_json(raw)
+                descriptor.check_backbone(self._backbone_sha256)
+            except (ValidationError, ModelMismatch) as exc:
+                # A candidate that cannot be compared stays off until the next restart.
+                logger.error("shadow heads version %s refused: %s", self.version, exc)
+                self._disabled = True
+                return None
+            self._known[raw] = descriptor
+        scores = np.asarray(result.as_numpy(HEAD_SCORES_OUTPUT), dtype=np.float32)
+        return descriptor, scores
