@@ -30,6 +30,7 @@ from consumer.errors import (
     InferenceUnavailable,
     LocalServiceError,
 )
+from consumer.moderation import heads_cli
 from consumer.runtime.logs import configure_logging
 from consumer.runtime.settings import LogSettings, Settings
 from consumer.runtime.signals import defer_signals, run_until_signalled
@@ -113,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.set_defaults(handler=_policy_simulate)
 
     bank_cli.add_parser(commands)
+    heads_cli.add_parser(commands)
 
     schema = commands.add_parser("schema", help="write the JSON Schemas of the contract")
     schema.add_argument("--out", type=Path, default=Path("schemas"))
