@@ -95,7 +95,9 @@ async def serve(
     try:
         await start_producer(producer, settings.kafka.bootstrap_servers)
         spec = await scorer.connect()
-        policies.check_model(ModelCategories(spec.class_names, spec.prototype_categories))
+        if not spec.has_heads:
+            # With heads, the check waits for the heads' categories (learn_heads below).
+            policies.check_model(ModelCategories(spec.class_names, spec.prototype_categories))
         _use_model(spec, banks, metrics)
         metrics.policy_info.info({"version": policies.version})
         live_heads = (
