@@ -36,10 +36,6 @@ def descriptor(version: str = "1", sha: str = SHA) -> HeadsDescriptor:
     )
 
 
-def policies(text: str) -> object:
-    return compile_policy(parse_policy(text, "test"), TopicRoutes("a", "r", "b"))
-
-
 def test_a_tenant_sees_platform_heads_and_its_own_only() -> None:
     heads = descriptor()
     assert heads.visible_to("tickets") == [0, 1]
