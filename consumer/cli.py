@@ -6,6 +6,7 @@
     modstream bench                  end-to-end vs raw Triton vs naive consumer
     modstream policy check FILE      validate a policy file and print its effective rules
     modstream schema [--out DIR]     write the JSON Schemas of the event contract
+    modstream train heads --data D   train platform and tenant heads (from a clone)
 
 Configuration errors exit with status 2 and a one-line reason on stderr.
 """
@@ -100,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         "--categories",
         help="comma-separated categories the model produces; unknown ones are refused",
     )
+    check.add_argument(
+        "--triton",
+        help="check against what this Triton serves: the ensemble's classes and live heads "
+        "(tenant ownership included)",
+    )
+    check.add_argument("--ensemble", help="the ensemble to ask (default: the model in settings)")
     check.set_defaults(handler=_policy_check)
     simulate = policy_commands.add_parser(
         "simulate", help="replay scored events under a policy: actions, precision/recall, sweep"
@@ -108,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--events", type=Path, required=True, help="JSON lines: tenant_id, scores[, label]"
     )
+    simulate.add_argument(
+        "--candidate-heads",
+        type=Path,
+        help="JSON lines of the heads-shadow topic: replay with the candidate heads' scores",
+    )
     simulate.add_argument("--sweep", help="category whose block threshold to sweep (labels needed)")
     simulate.add_argument("--plot", type=Path, help="PNG of the sweep (default: no plot)")
     simulate.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -115,11 +127,66 @@ def _parser() -> argparse.ArgumentParser:
 
     bank_cli.add_parser(commands)
     heads_cli.add_parser(commands)
+    _add_train(commands)
 
     schema = commands.add_parser("schema", help="write the JSON Schemas of the contract")
     schema.add_argument("--out", type=Path, default=Path("schemas"))
     schema.set_defaults(handler=_schema)
     return parser
+
+
+def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = commands.add_parser("train", help="train models on the backbone (from a clone)")
+    what = train.add_subparsers(required=True, metavar="WHAT")
+    heads = what.add_parser(
+        "heads", help="embed labelled images, train platform and tenant heads, report"
+    )
+    heads.add_argument(
+        "--data", type=Path, required=True, help="folder per category, or a JSONL manifest"
+    )
+    heads.add_argument("--repo", type=Path, default=Path("triton_repo"))
+    heads.add_argument("--backbone", default="nsfw_mobilenet_v2", help="Triton backbone model")
+    heads.add_argument("--out", type=Path, default=Path("bench/results"), help="report folder")
+    heads.add_argument("--card", type=Path, help="model card (default: <repo>/README.md)")
+    heads.add_argument("--cache-dir", type=Path, default=Path(".cache/heads"))
+    heads.add_argument("--threads", type=int, default=2, help="onnxruntime and torch threads")
+    heads.add_argument("--draws", type=int, default=5, help="seeded draws per learning-curve size")
+    heads.add_argument("--no-progress", action="store_true", help="no progress bars")
+    heads.add_argument(
+        "--export", action="store_true", help="write the heads as a new heads model version"
+    )
+    heads.set_defaults(handler=_train_heads)
+
+
+# Modules of the `training` extra; the service image ships none of them.
+_TRAINING_MODULES = frozenset({"training", "torch", "onnxruntime", "matplotlib", "tqdm"})
+
+
+def _train_heads(args: argparse.Namespace) -> int:
+    try:
+        from training.heads.cli import TrainOptions, train_command
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] not in _TRAINING_MODULES:
+            raise
+        raise ConfigError(
+            f"train heads needs the training extra ({exc.name} is not installed here): run it "
+            "from a clone after pip install -e '.[training]'"
+        ) from exc
+
+    configure_logging(LogSettings(json_format=False, level="INFO"))
+    options = TrainOptions(
+        data=args.data,
+        repo=args.repo,
+        backbone=args.backbone,
+        out=args.out,
+        card=args.card,
+        cache_dir=args.cache_dir,
+        export=args.export,
+        threads=args.threads,
+        draws=args.draws,
+        progress=not args.no_progress,
+    )
+    return train_command(options)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -209,6 +276,14 @@ def _policy_check(args: argparse.Namespace) -> int:
     policies = load_policy(args.file, topic_routes(settings.topics))
     if args.categories:
         policies.check_categories(c.strip() for c in args.categories.split(","))
+    if args.triton:
+        from consumer.moderation.rollout import HeadsRollout
+
+        rollout = HeadsRollout(args.triton, args.ensemble or settings.triton.model_name)
+        try:
+            policies.check_model(rollout.live_categories())
+        finally:
+            rollout.close()
     sys.stdout.write(describe(policies) + "\n")
     return 0
 
@@ -218,9 +293,11 @@ def _policy_simulate(args: argparse.Namespace) -> int:
     from consumer.moderation.simulate import (
         best_f1,
         plot_sweep,
+        read_comparisons,
         read_events,
         simulate,
         sweep_block,
+        with_candidate_heads,
         write_json,
     )
     from consumer.service import topic_routes
@@ -228,7 +305,10 @@ def _policy_simulate(args: argparse.Namespace) -> int:
     settings = Settings()
     policies = load_policy(args.policy, topic_routes(settings.topics))
     events = read_events(args.events)
-    result = simulate(policies, events)
+    heads: frozenset[str] = frozenset()
+    if args.candidate_heads is not None:
+        events, heads = with_candidate_heads(events, read_comparisons(args.candidate_heads))
+    result = simulate(policies, events, heads)
     sys.stdout.write(f"policy {policies.version}, {len(events)} events\n\n{result.render()}\n")
     points = None
     if args.sweep:

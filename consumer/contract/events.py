@@ -191,6 +191,9 @@ class ShadowComparison(BaseModel):
     shadow_categories: list[str] = Field(
         description="Categories of the rules that would have fired with the candidate heads."
     )
+    live_head_scores: dict[str, float] = Field(
+        default_factory=dict, description="The live heads' scores this tenant sees."
+    )
     shadow_scores: dict[str, float] = Field(
         description="The candidate's scores of the heads this tenant sees."
     )

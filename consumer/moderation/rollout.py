@@ -108,6 +108,15 @@ class HeadsRollout:
         raw = result.as_numpy(HEADS_DESCRIPTOR_OUTPUT)
         return HeadsDescriptor.model_validate_json(bytes(raw.reshape(-1)[0]))
 
+    def live_categories(self) -> ModelCategories:
+        """What the ensemble serves now (backbone classes and the live heads)."""
+        config = self.ensemble_config()
+        live = ensemble.live_version(config)
+        if live is None:
+            raise RolloutError(f"ensemble {self._ensemble} records no live heads version")
+        heads_model = config.parameters[HEADS_MODEL_PARAMETER].string_value
+        return model_categories(config, self.describe(heads_model, live))
+
     def promote(
         self, version: str, policies: PolicySet | None = None, repo: Path | None = None
     ) -> HeadsDescriptor:
@@ -124,7 +133,7 @@ class HeadsRollout:
         try:
             descriptor.check_backbone(served_sha or None)
             if policies is not None:
-                policies.check_model(_model_categories(config, descriptor))
+                policies.check_model(model_categories(config, descriptor))
         except ConfigError as exc:
             raise RolloutError(f"not promoting version {version}: {exc}") from exc
         pinned = ensemble.pin(config, version)
@@ -156,7 +165,9 @@ def _json(raw: dict[str, Any]) -> str:
     return json.dumps(raw)
 
 
-def _model_categories(config: ensemble.ModelConfig, heads: HeadsDescriptor) -> ModelCategories:
+def model_categories(config: ensemble.ModelConfig, heads: HeadsDescriptor) -> ModelCategories:
+    """What an ensemble with ``heads`` lets policies name."""
+
     def names(key: str) -> tuple[str, ...]:
         return tuple(n for n in config.parameters[key].string_value.split(",") if n)
 

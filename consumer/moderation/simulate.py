@@ -2,9 +2,10 @@
 
 Input is scored events: JSON lines with ``tenant_id`` and ``scores`` (decisions read back from
 the decision topics have both, so past traffic can be replayed under a new policy), optionally
-``label``, the action a person says is right. Output: the action distribution per tenant;
-with labels, precision and recall per action and a sweep (PNG) of one category's block
-threshold.
+``label``, the action a person says is right. With the heads-shadow topic's comparisons, the
+events are replayed with a candidate heads version's scores instead of the live ones. Output:
+the action distribution per tenant; with labels, precision and recall per action and a sweep
+(PNG) of one category's block threshold.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from consumer.contract.events import Action, TenantId
+from consumer.contract.events import Action, ShadowComparison, TenantId
 from consumer.errors import ConfigError
 from consumer.moderation.decide import untrusted_label
 from consumer.moderation.policy import PolicySet, Threshold, threshold_verdict
@@ -31,6 +32,7 @@ class ScoredEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    event_id: str | None = None
     tenant_id: TenantId
     scores: dict[str, float]
     prototype_similarity: float | None = Field(
@@ -104,15 +106,59 @@ def read_events(path: Path) -> list[ScoredEvent]:
     return events
 
 
-def simulate(policies: PolicySet, events: Iterable[ScoredEvent]) -> Simulation:
+def with_candidate_heads(
+    events: Sequence[ScoredEvent], comparisons: Iterable[ShadowComparison]
+) -> tuple[list[ScoredEvent], frozenset[str]]:
+    """The events as a candidate heads version would have scored them (from the heads-shadow
+    topic, matched by event id), and every head category seen (live or candidate).
+
+    Events the shadow did not compare keep their scores.
+    """
+    by_id = {c.event_id: c for c in comparisons}
+    heads: set[str] = set()
+    for seen in by_id.values():
+        heads.update(seen.live_head_scores, seen.shadow_scores)
+    replayed = []
+    for event in events:
+        comparison = by_id.get(event.event_id or "")
+        if comparison is None:
+            replayed.append(event)
+            continue
+        builtin = {k: v for k, v in event.scores.items() if k not in comparison.live_head_scores}
+        scores = {**builtin, **comparison.shadow_scores}
+        replayed.append(event.model_copy(update={"scores": scores}))
+    return replayed, frozenset(heads)
+
+
+def read_comparisons(path: Path) -> list[ShadowComparison]:
+    """Parse a dump of the heads-shadow topic (JSON lines); ConfigError names a bad line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read shadow comparisons {path}: {exc.strerror}") from exc
+    comparisons = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                comparisons.append(ShadowComparison.model_validate_json(line))
+            except ValidationError as exc:
+                raise ConfigError(f"{path}:{number}: not a shadow comparison: {exc}") from exc
+    return comparisons
+
+
+def simulate(
+    policies: PolicySet, events: Iterable[ScoredEvent], heads: frozenset[str] = frozenset()
+) -> Simulation:
     """Decide every event as the consumer would from its scores (the pool and bank rules
-    need the images and are not replayed)."""
+    need the images and are not replayed). ``heads`` names head categories, which never
+    count as the model's predicted class (as in the consumer)."""
     result = Simulation()
     for event in events:
         rules = policies.rules_for(event.tenant_id)
         action = threshold_verdict(rules, event.scores).action
         if action is Action.ALLOW:
-            predicted = max(event.scores, key=event.scores.__getitem__)
+            builtin = {k: v for k, v in event.scores.items() if k not in heads}
+            predicted = max(builtin, key=builtin.__getitem__)
             if untrusted_label(rules, predicted, event.prototype_similarity, None):
                 action = Action.REVIEW
         label = event.label.value if event.label is not None else None

@@ -140,7 +140,7 @@ class KafkaOutcomes:
                 heads=scores.shadow.heads,
                 head_scores=scores.shadow.head_scores,
             )
-            await self._compare(decision, candidate.decision, scores.shadow.heads)
+            await self._compare(decision, candidate.decision, scores.shadow.heads, scores.heads)
         await self._sink.deliver(
             routed.topic,
             event.event_id.encode(),
@@ -169,9 +169,16 @@ class KafkaOutcomes:
             },
         )
 
-    async def _compare(self, live: Decision, candidate: Decision, heads: HeadsDescriptor) -> None:
+    async def _compare(
+        self,
+        live: Decision,
+        candidate: Decision,
+        heads: HeadsDescriptor,
+        live_heads: HeadsDescriptor | None,
+    ) -> None:
         """Produce the shadow comparison; the shadow topic only informs, it routes nothing."""
         names = set(heads.names())
+        live_names = set(live_heads.names()) if live_heads is not None else set()
         comparison = ShadowComparison(
             event_id=live.event_id,
             tenant_id=live.tenant_id,
@@ -181,6 +188,7 @@ class KafkaOutcomes:
             shadow_action=candidate.action,
             live_categories=[r.category for r in live.reasons if r.category],
             shadow_categories=[r.category for r in candidate.reasons if r.category],
+            live_head_scores={k: v for k, v in live.scores.items() if k in live_names},
             shadow_scores={k: v for k, v in candidate.scores.items() if k in names},
             compared_at=datetime.now(UTC),
         )

@@ -290,3 +290,20 @@ def test_promotion_is_refused_when_the_policy_cannot_take_the_heads(served: Serv
         assert rollout.status().live == before
     finally:
         rollout.close()
+
+
+def test_policy_check_validates_against_the_served_heads(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from consumer.cli import main
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(POLICY)
+    bad.write_text(POLICY.replace("  acme:", "  other:"))
+    url = served.triton.grpc_url
+    assert main(["policy", "check", str(good), "--triton", url, "--ensemble", ENSEMBLE]) == 0
+    capsys.readouterr()
+    assert main(["policy", "check", str(bad), "--triton", url, "--ensemble", ENSEMBLE]) == 2
+    error = capsys.readouterr().err
+    assert "tenant other names heads of another tenant" in error
+    assert "qr_solicitation belongs to tenant acme" in error

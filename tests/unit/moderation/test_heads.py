@@ -144,3 +144,46 @@ def test_wilson_matches_known_values() -> None:
     assert low == pytest.approx(0.4902, abs=1e-4)
     assert high == pytest.approx(0.9433, abs=1e-4)
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_simulate_replays_events_with_the_candidate_heads_scores() -> None:
+    from consumer.moderation.simulate import ScoredEvent, simulate, with_candidate_heads
+
+    policies = compile_policy(
+        parse_policy(
+            "default: {}\ntenants:\n  acme:\n    thresholds: {qr_solicitation: {block: 0.6}}\n",
+            "test",
+        ),
+        TopicRoutes("a", "r", "b"),
+    )
+    live = ScoredEvent(
+        event_id="e1",
+        tenant_id="acme",
+        scores={"safe": 0.9, "sexual_explicit": 0.1, "qr_solicitation": 0.95},
+    )
+    untouched = live.model_copy(update={"event_id": "e2"})
+    comparison = ShadowComparison(
+        event_id="e1",
+        tenant_id="acme",
+        live_heads_version="1",
+        shadow_heads_version="2",
+        live_action=Action.BLOCK,
+        shadow_action=Action.ALLOW,
+        live_categories=["qr_solicitation"],
+        shadow_categories=[],
+        live_head_scores={"qr_solicitation": 0.95},
+        shadow_scores={"qr_solicitation": 0.2, "new_head": 0.99},
+        compared_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    replayed, heads = with_candidate_heads([live, untouched], [comparison])
+    assert heads == {"qr_solicitation", "new_head"}
+    assert replayed[0].scores == {
+        "safe": 0.9,
+        "sexual_explicit": 0.1,
+        "qr_solicitation": 0.2,
+        "new_head": 0.99,
+    }
+    assert replayed[1] == untouched
+    assert simulate(policies, [live]).by_tenant["acme"]["block"] == 1
+    result = simulate(policies, replayed, heads)
+    assert result.by_tenant["acme"] == {"allow": 1, "block": 1}
