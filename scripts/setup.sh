@@ -9,6 +9,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[local,training,dev]'
+# The fonts the demo set of tenant heads draws with (training/heads/demo_set.py): Debian's
+# fonts-dejavu-core, installed where we may (as root or with sudo).
+if [ ! -d /usr/share/fonts/truetype/dejavu ]; then
+  if [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      fonts-dejavu-core
+  else
+    echo "DejaVu fonts missing: run 'sudo apt-get install fonts-dejavu-core' once" >&2
+  fi
+fi
 # Prometheus and promtool (Debian's package) check the alert rules and scrape the end-to-end
 # test. Installed system-wide where we may; otherwise unpacked from the package into .venv/bin.
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then

@@ -1,0 +1,149 @@
+"""The demo set: the same bytes for a seed, held-out factors held out, codes that scan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from training.heads.data import load_manifest
+from training.heads.demo_set import (
+    CATEGORIES,
+    NEGATIVE_KINDS,
+    TENANTS,
+    TEST,
+    TRAIN,
+    generate,
+    main,
+)
+
+PER_CLASS = 4
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    generate(out, seed=7, test_per_class=PER_CLASS, train_per_class=PER_CLASS, workers=1)
+    return out
+
+
+def test_a_seed_gives_the_same_bytes_whatever_the_workers(demo: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    generate(again, seed=7, test_per_class=PER_CLASS, train_per_class=PER_CLASS, workers=2)
+    assert files(again) == files(demo)
+
+
+def test_another_seed_gives_other_images(demo: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    generate(other, seed=8, test_per_class=1, train_per_class=1, workers=1)
+    assert not set(files(other / "images").values()) & set(files(demo / "images").values())
+
+
+def test_every_category_is_in_both_splits_with_its_tenant(demo: Path) -> None:
+    rows = jsonl(demo / "manifest.jsonl")
+    for split in ("train", "test"):
+        labels = [row["label"] for row in rows if row["split"] == split]
+        for category in CATEGORIES:
+            assert labels.count(category) == PER_CLASS
+        assert labels.count(None) == 2 * PER_CLASS
+    expected: dict[str | None, str | None] = {None: None}
+    expected.update(TENANTS)
+    assert {row["label"]: row["tenant"] for row in rows} == expected
+    kinds = {row["kind"] for row in jsonl(demo / "factors.jsonl")}
+    assert set(NEGATIVE_KINDS) <= kinds
+
+
+def test_splits_share_no_group_background_font_or_qr_style(demo: Path) -> None:
+    rows = jsonl(demo / "manifest.jsonl")
+    factors = jsonl(demo / "factors.jsonl")
+    seen: dict[str, dict[str, set[str]]] = {"train": {}, "test": {}}
+    for row, factor in zip(rows, factors, strict=True):
+        assert row["image"] == factor["image"]
+        used = seen[row["split"]]
+        used.setdefault("group", set()).add(row["group"])
+        used.setdefault("background", set()).add(factor["background"])
+        used.setdefault("font", set()).update(factor["fonts"])
+        if factor["qr_style"] is not None:
+            used.setdefault("qr_style", set()).add(factor["qr_style"])
+    for name in ("group", "background", "font", "qr_style"):
+        assert seen["train"][name], name
+        assert seen["test"][name], name
+        assert not seen["train"][name] & seen["test"][name], name
+    held_out = json.loads((demo / "metadata.json").read_text())["held_out"]
+    assert set(held_out["test"]["fonts"]) >= seen["test"]["font"]
+
+
+def test_the_split_definitions_hold_out_every_qr_attribute() -> None:
+    assert not set(TRAIN.backgrounds) & set(TEST.backgrounds)
+    assert not set(TRAIN.fonts) & set(TEST.fonts)
+    for attribute in ("id", "generator", "error", "border", "dark", "light"):
+        train = {getattr(style, attribute) for style in TRAIN.qr_styles}
+        test = {getattr(style, attribute) for style in TEST.qr_styles}
+        assert not train & test, attribute
+
+
+def test_qr_codes_scan(demo: Path) -> None:
+    decoded = 0
+    detector = cv2.QRCodeDetector()
+    for factor in jsonl(demo / "factors.jsonl"):
+        if factor["payload"] is None:
+            continue
+        pixels = cv2.imdecode(
+            np.frombuffer((demo / factor["image"]).read_bytes(), np.uint8), cv2.IMREAD_COLOR
+        )
+        text, _points, _ = detector.detectAndDecode(pixels)
+        decoded += text == factor["payload"]
+    assert decoded >= PER_CLASS
+    metadata = json.loads((demo / "metadata.json").read_text())
+    assert metadata["qr_decode"]["codes"] == PER_CLASS
+    assert metadata["qr_decode"]["decoded"] >= 1
+
+
+def test_the_manifest_loads_as_labelled_data(demo: Path) -> None:
+    images = load_manifest(demo / "manifest.jsonl", categories=CATEGORIES)
+    assert len(images) == 2 * (len(CATEGORIES) + 2) * PER_CLASS
+    sizes = set()
+    for image in images:
+        assert image.split in ("train", "test")
+        sizes.add(len(image.image))
+    assert len(sizes) > len(images) // 2
+
+
+def test_the_command_refuses_a_folder_that_holds_other_things(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"demo set failed: {tmp_path} is not empty and holds no demo set; give an empty folder\n"
+    )
+    assert main(["--out", str(demo), "--no-progress", "--test-per-class", "1"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_the_command_replaces_an_earlier_set(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    args = ["--out", str(out), "--test-per-class", "1", "--train-per-class", "1", "--workers", "1"]
+    assert main([*args, "--no-progress"]) == 0
+    assert main([*args, "--no-progress", "--overwrite", "--seed", "3"]) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["seed"] == 3
+    assert len(jsonl(out / "manifest.jsonl")) == len(files(out / "images"))

@@ -1,0 +1,503 @@
+"""The scenes of the demo set: one function per category and per kind of hard negative.
+
+Each scene draws on a background canvas with the fonts and QR styles of its split only
+(``SplitFactors``), so held-out factors stay held out, and reports what it used.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import barcode
+import numpy as np
+import qrcode
+import segno
+from barcode.writer import ImageWriter
+from faker import Faker
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from qrcode.image.styledpil import StyledPilImage
+from qrcode.image.styles.moduledrawers.pil import (
+    CircleModuleDrawer,
+    GappedSquareModuleDrawer,
+    RoundedModuleDrawer,
+)
+
+from training.heads.render import (
+    RGB,
+    contrasting,
+    dark_colour,
+    font,
+    light_colour,
+    linear_gradient,
+    paste_quad,
+    place_text,
+    random_colour,
+    random_quad,
+    text_patch,
+    wrap,
+)
+
+QrModules = Literal["square", "rounded", "gapped", "circle"]
+FAKER_LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", "pt_BR", "en_IN")
+
+
+@dataclass(frozen=True)
+class QrStyle:
+    """How a QR code looks: the library that encodes and draws it, and its options."""
+
+    id: str
+    generator: Literal["qrcode", "segno"]
+    error: Literal["L", "M", "Q", "H"]
+    dark: RGB
+    light: RGB
+    border: int
+    """Quiet zone, in modules."""
+    modules: QrModules = "square"
+    finder: RGB | None = None
+    """Finder patterns in their own colour (segno only)."""
+
+
+@dataclass(frozen=True)
+class SplitFactors:
+    """What one split may draw with; no value is shared with another split."""
+
+    photos: tuple[str, ...]
+    procedural: tuple[str, ...]
+    fonts: tuple[str, ...]
+    qr_styles: tuple[QrStyle, ...]
+
+    @property
+    def backgrounds(self) -> tuple[str, ...]:
+        return tuple(f"photo:{name}" for name in self.photos) + tuple(
+            f"procedural:{kind}" for kind in self.procedural
+        )
+
+
+@dataclass
+class Scene:
+    """One drawing in progress: its randomness, what it may use and what it used."""
+
+    rng: random.Random
+    fake: Faker
+    factors: SplitFactors
+    canvas: Image.Image
+    fonts_used: list[str] = field(default_factory=list)
+    qr_style: str | None = None
+    payload: str | None = None
+
+    def font(self, size: int) -> ImageFont.FreeTypeFont:
+        name = self.rng.choice(self.factors.fonts)
+        if name not in self.fonts_used:
+            self.fonts_used.append(name)
+        return font(name, max(6, size))
+
+    @property
+    def short_side(self) -> int:
+        return min(self.canvas.size)
+
+
+def _ascii(text: str) -> str:
+    """Accents dropped: decoded QR payloads then compare exactly, and every font has the glyphs
+    (Pillow's Aileron lacks some that faker's locales use)."""
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+
+
+# --- qr_solicitation ------------------------------------------------------------------------
+
+_QR_ERRORS = {
+    "L": qrcode.constants.ERROR_CORRECT_L,
+    "M": qrcode.constants.ERROR_CORRECT_M,
+    "Q": qrcode.constants.ERROR_CORRECT_Q,
+    "H": qrcode.constants.ERROR_CORRECT_H,
+}
+_QR_DRAWERS = {
+    "rounded": RoundedModuleDrawer,
+    "gapped": GappedSquareModuleDrawer,
+    "circle": CircleModuleDrawer,
+}
+_FLYER_TITLES = (
+    "SCAN TO PAY",
+    "SCAN ME",
+    "PAY HERE",
+    "DONATE",
+    "SCAN & WIN",
+    "JOIN NOW",
+    "ORDER HERE",
+    "TIP JAR",
+    "FREE GIFT",
+    "50% OFF",
+)
+
+
+def qr_payload(fake: Faker, rng: random.Random) -> str:
+    """A payment or contact link of the kind solicitation spam carries."""
+    user = _ascii(fake.user_name())
+    templates: tuple[Callable[[], str], ...] = (
+        lambda: f"https://pay.example/{fake.bothify('??##-####').lower()}",
+        lambda: f"https://wa.me/{fake.msisdn()}",
+        lambda: f"https://t.me/{user}",
+        lambda: f"tel:+{fake.msisdn()}",
+        lambda: (
+            f"upi://pay?pa={user}@okbank&pn={_ascii(fake.first_name())}&am={rng.randint(5, 500)}"
+        ),
+        lambda: f"https://shop.example/p/{fake.slug()}?ref={fake.bothify('####')}",
+        lambda: (
+            f"BEGIN:VCARD\nVERSION:3.0\nFN:{_ascii(fake.name())}\nTEL:+{fake.msisdn()}\nEND:VCARD"
+        ),
+        lambda: f"mailto:{_ascii(fake.email())}",
+    )
+    return rng.choice(templates)()
+
+
+def render_qr(payload: str, style: QrStyle, module_px: int, mask: int) -> Image.Image:
+    """The code of ``payload`` drawn by the style's own library, as an opaque RGBA patch.
+
+    ``mask`` (0-7) is the data mask; any mask gives a valid code, and choosing it skips both
+    libraries' search for the best one, most of their encoding time.
+    """
+    if style.generator == "segno":
+        code = segno.make(payload, error=style.error, micro=False, boost_error=False, mask=mask)
+        out = io.BytesIO()
+        code.save(
+            out,
+            kind="png",
+            scale=module_px,
+            border=style.border,
+            dark=style.dark,
+            light=style.light,
+            finder_dark=style.finder or style.dark,
+        )
+        return Image.open(io.BytesIO(out.getvalue())).convert("RGBA")
+    qr = qrcode.QRCode(
+        error_correction=_QR_ERRORS[style.error],
+        box_size=module_px,
+        border=style.border,
+        mask_pattern=mask,
+    )
+    qr.add_data(payload)
+    qr.make(fit=True)
+    if style.modules == "square":
+        drawn = qr.make_image().get_image()
+    else:
+        drawn = qr.make_image(
+            image_factory=StyledPilImage, module_drawer=_QR_DRAWERS[style.modules]()
+        ).get_image()
+    # Drawn black on white, then recoloured: qrcode's colour masks work pixel by pixel in Python.
+    gray = drawn.convert("L")
+    return ImageOps.colorize(gray, black=style.dark, white=style.light).convert("RGBA")
+
+
+def _flyer(scene: Scene, code: Image.Image) -> Image.Image:
+    """A printed flyer around ``code``: paper, a band, a call to action and a line of text."""
+    rng = scene.rng
+    width = 360
+    height = rng.randint(440, 540)
+    paper = light_colour(rng)
+    flyer = Image.new("RGBA", (width, height), (*paper, 255))
+    draw = ImageDraw.Draw(flyer)
+    band = dark_colour(rng) if rng.random() < 0.5 else random_colour(rng)
+    band_h = rng.randint(60, 90)
+    draw.rectangle((0, 0, width, band_h), fill=(*band, 255))
+    title = scene.font(rng.randint(30, 42))
+    lines = wrap(rng.choice(_FLYER_TITLES), title, width - 24)
+    title_patch = text_patch(
+        lines,
+        title,
+        contrasting(flyer.convert("RGB"), (0, 0, width, band_h), rng),
+        style="plain",
+        backing=band,
+    )
+    title_patch.thumbnail((width - 16, band_h - 4))
+    flyer.alpha_composite(
+        title_patch, ((width - title_patch.size[0]) // 2, (band_h - title_patch.size[1]) // 2)
+    )
+    side = rng.randint(200, 260)
+    code = code.resize((side, side), Image.Resampling.LANCZOS)
+    code_top = band_h + rng.randint(16, 40)
+    flyer.alpha_composite(code, ((width - side) // 2, code_top))
+    body_px = rng.randint(15, 20)
+    body = scene.font(body_px)
+    text = " ".join([_ascii(scene.fake.catch_phrase()), _ascii(scene.fake.bs()).capitalize()])
+    below = wrap(text, body, width - 40)[: max(1, (height - code_top - side - 20) // (body_px + 6))]
+    ink = dark_colour(rng)
+    draw.multiline_text((20, code_top + side + 14), "\n".join(below), font=body, fill=(*ink, 255))
+    return flyer
+
+
+def qr_solicitation(scene: Scene) -> None:
+    rng = scene.rng
+    style = rng.choice(scene.factors.qr_styles)
+    payload = qr_payload(scene.fake, rng)
+    code = render_qr(payload, style, module_px=rng.randint(4, 7), mask=rng.randint(0, 7))
+    scene.qr_style, scene.payload = style.id, payload
+    if rng.random() < 0.5:
+        flyer = _flyer(scene, code)
+        quad = random_quad(
+            scene.canvas.size, flyer.size, rng, cover=(0.7, 0.98), max_angle=15, max_jitter=0.08
+        )
+        paste_quad(scene.canvas, flyer, quad)
+    else:
+        quad = random_quad(
+            scene.canvas.size, code.size, rng, cover=(0.3, 0.7), max_angle=30, max_jitter=0.1
+        )
+        paste_quad(scene.canvas, code, quad)
+
+
+# --- contact_overlay ------------------------------------------------------------------------
+
+
+def _contact_line(fake: Faker, rng: random.Random) -> str:
+    user = _ascii(fake.user_name())
+    templates: tuple[Callable[[], str], ...] = (
+        lambda: fake.phone_number(),
+        lambda: f"WhatsApp {fake.phone_number()}",
+        lambda: f"Call {fake.phone_number()}",
+        lambda: f"Text me {fake.phone_number()}",
+        lambda: f"Tel: {fake.phone_number()}",
+        lambda: f"@{user}",
+        lambda: f"IG @{user}",
+        lambda: f"DM @{user}",
+        lambda: f"Follow @{user}",
+        lambda: f"t.me/{user}",
+        lambda: fake.url(),
+        lambda: f"www.{fake.domain_name()}",
+        lambda: fake.email(),
+    )
+    return rng.choice(templates)()
+
+
+def contact_overlay(scene: Scene) -> None:
+    rng, fake = scene.rng, scene.fake
+    lines = [_contact_line(fake, rng) for _ in range(rng.randint(1, 2))]
+    if rng.random() < 0.4:
+        lines.insert(rng.randint(0, len(lines)), _ascii(fake.catch_phrase()))
+    size = rng.randint(max(14, scene.short_side // 26), max(18, scene.short_side // 11))
+    place_text(scene.canvas, lines, scene.font(size), rng, max_angle=12)
+
+
+# --- payment_card ---------------------------------------------------------------------------
+
+_CARD_TYPES = ("visa16", "mastercard", "discover", "jcb16")
+CARD_SIZE = (428, 270)
+"""ISO/IEC 7810 ID-1 proportions (85.60 x 53.98 mm)."""
+
+
+def render_card(scene: Scene) -> Image.Image:
+    """A synthetic bank card: gradient, chip, contactless mark, grouped number, expiry, name."""
+    rng, fake = scene.rng, scene.fake
+    width, height = CARD_SIZE
+    card = linear_gradient(
+        CARD_SIZE, random_colour(rng), random_colour(rng), rng.uniform(0, np.pi)
+    ).convert("RGBA")
+    overlay = Image.new("RGBA", CARD_SIZE, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    for _ in range(rng.randint(0, 3)):
+        r = rng.randint(60, 220)
+        cx, cy = rng.randint(0, width), rng.randint(0, height)
+        draw.ellipse(
+            (cx - r, cy - r, cx + r, cy + r), fill=(*random_colour(rng), rng.randint(20, 60))
+        )
+    card.alpha_composite(overlay)
+    draw = ImageDraw.Draw(card)
+    ink = contrasting(card.convert("RGB"), (0, 0, width, height), rng)
+    shade = (0, 0, 0) if sum(ink) > 384 else (255, 255, 255)
+    bank = scene.font(rng.randint(18, 24))
+    draw.text((28, 22), _ascii(fake.company().split()[0]).upper() + " BANK", font=bank, fill=ink)
+    chip = (40, 96, 40 + 56, 96 + 44)
+    draw.rounded_rectangle(chip, radius=8, fill=(214, 178, 92), outline=(150, 120, 50), width=2)
+    for offset in (15, 29):
+        draw.line(
+            (chip[0], chip[1] + offset, chip[2], chip[1] + offset), fill=(150, 120, 50), width=1
+        )
+    draw.line((chip[0] + 28, chip[1], chip[0] + 28, chip[3]), fill=(150, 120, 50), width=1)
+    for step in range(3):
+        r = 8 + step * 7
+        draw.arc((118 - r, 118 - r, 118 + r, 118 + r), start=-45, end=45, fill=ink, width=3)
+    digits = fake.credit_card_number(card_type=rng.choice(_CARD_TYPES))
+    number = " ".join(digits[i : i + 4] for i in range(0, len(digits), 4))
+    numeral = scene.font(rng.randint(24, 30))
+    # Embossed digits: a one-pixel shade under the ink.
+    draw.text((41, 161), number, font=numeral, fill=shade)
+    draw.text((40, 160), number, font=numeral, fill=ink)
+    small = scene.font(9)
+    draw.text((150, 203), "VALID\nTHRU", font=small, fill=ink)
+    draw.text((190, 203), fake.credit_card_expire(), font=scene.font(16), fill=ink)
+    draw.text(
+        (40, 230), _ascii(fake.name()).upper(), font=scene.font(rng.randint(15, 18)), fill=ink
+    )
+    mask = Image.new("L", CARD_SIZE, 0)
+    ImageDraw.Draw(mask).rounded_rectangle((0, 0, width - 1, height - 1), radius=18, fill=255)
+    card.putalpha(mask)
+    return card
+
+
+def payment_card(scene: Scene) -> None:
+    card = render_card(scene)
+    quad = random_quad(
+        scene.canvas.size, card.size, scene.rng, cover=(0.5, 0.95), max_angle=35, max_jitter=0.1
+    )
+    paste_quad(scene.canvas, card, quad)
+
+
+# --- hard negatives -------------------------------------------------------------------------
+
+
+def barcode_label(scene: Scene) -> None:
+    """A retail barcode (EAN-13 or Code 128) on a label with a product name and price."""
+    rng, fake = scene.rng, scene.fake
+    writer = ImageWriter()
+    light, dark = light_colour(rng), dark_colour(rng)
+    options = {
+        "module_width": rng.uniform(0.25, 0.4),
+        "module_height": rng.uniform(10, 18),
+        "quiet_zone": rng.uniform(2, 6),
+        "write_text": False,
+        "background": "#{:02x}{:02x}{:02x}".format(*light),
+        "foreground": "#{:02x}{:02x}{:02x}".format(*dark),
+    }
+    if rng.random() < 0.5:
+        code = barcode.get("ean13", fake.ean13()[:12], writer=writer)
+    else:
+        code = barcode.get("code128", fake.bothify("??-#####").upper(), writer=writer)
+    bars = code.render(options).convert("RGBA")
+    caption = scene.font(rng.randint(14, 20))
+    text = f"{_ascii(fake.word()).title()}  {rng.randint(1, 99)}.{rng.randint(0, 99):02d}"
+    label_text = text_patch(
+        [code.get_fullcode(), text], caption, dark, style="plain", backing=light, align="center"
+    )
+    width = max(bars.size[0], label_text.size[0]) + 20
+    label = Image.new("RGBA", (width, bars.size[1] + label_text.size[1] + 20), (*light, 255))
+    label.alpha_composite(bars, ((width - bars.size[0]) // 2, 10))
+    label.alpha_composite(label_text, ((width - label_text.size[0]) // 2, bars.size[1] + 10))
+    quad = random_quad(
+        scene.canvas.size, label.size, rng, cover=(0.4, 0.85), max_angle=30, max_jitter=0.1
+    )
+    paste_quad(scene.canvas, label, quad)
+
+
+def checker(scene: Scene) -> None:
+    """A chessboard, a gingham or a random mosaic of square modules (QR-like, no finders)."""
+    rng = scene.rng
+    dark, light = dark_colour(rng), light_colour(rng)
+    pattern = rng.choice(("chessboard", "gingham", "mosaic"))
+    nrng = np.random.default_rng(rng.getrandbits(64))
+    if pattern == "chessboard":
+        cells = rng.randint(4, 10)
+        grid = (np.indices((cells, cells)).sum(axis=0) % 2).astype(bool)
+    elif pattern == "mosaic":
+        cells = rng.randint(17, 37)
+        grid = nrng.random((cells, cells)) < rng.uniform(0.35, 0.6)
+    else:
+        cells = rng.randint(8, 20)
+        stripes = (np.arange(cells) % 2).astype(bool)
+        grid = stripes[:, None] | stripes[None, :]
+    pixels = np.where(grid[..., None], np.array(dark, np.uint8), np.array(light, np.uint8))
+    module = max(4, 360 // cells)
+    patch = Image.fromarray(pixels.astype(np.uint8), "RGB").resize(
+        (cells * module, cells * module), Image.Resampling.NEAREST
+    )
+    if pattern == "gingham":
+        patch = Image.blend(patch, Image.new("RGB", patch.size, light), 0.35)
+    quad = random_quad(
+        scene.canvas.size, patch.size, rng, cover=(0.35, 0.9), max_angle=30, max_jitter=0.1
+    )
+    paste_quad(scene.canvas, patch.convert("RGBA"), quad)
+
+
+def text_page(scene: Scene) -> None:
+    """A printed page of lorem ipsum: a title and paragraphs, no contact details."""
+    rng, fake = scene.rng, scene.fake
+    width = rng.randint(380, 480)
+    height = int(width * rng.uniform(1.2, 1.45))
+    paper = light_colour(rng)
+    page = Image.new("RGBA", (width, height), (*paper, 255))
+    draw = ImageDraw.Draw(page)
+    ink = dark_colour(rng)
+    title_px, body_px = rng.randint(20, 28), rng.randint(11, 15)
+    title, body = scene.font(title_px), scene.font(body_px)
+    margin = rng.randint(24, 40)
+    heading = _ascii(fake.sentence(nb_words=rng.randint(3, 6))).rstrip(".")
+    y = margin
+    for line in wrap(heading, title, width - 2 * margin):
+        draw.text((margin, y), line, font=title, fill=ink)
+        y += title_px + 6
+    y += 8
+    while y < height - margin - body_px:
+        paragraph = _ascii(fake.paragraph(nb_sentences=rng.randint(3, 6)))
+        for line in wrap(paragraph, body, width - 2 * margin):
+            if y > height - margin - body_px:
+                break
+            draw.text((margin, y), line, font=body, fill=ink)
+            y += body_px + 4
+        y += body_px
+    quad = random_quad(
+        scene.canvas.size, page.size, rng, cover=(0.7, 1.0), max_angle=12, max_jitter=0.08
+    )
+    paste_quad(scene.canvas, page, quad)
+
+
+def clipart(scene: Scene) -> None:
+    """Flat shapes with ink outlines, drawn over the background."""
+    rng = scene.rng
+    draw = ImageDraw.Draw(scene.canvas)
+    width, height = scene.canvas.size
+    for _ in range(rng.randint(3, 8)):
+        x0, y0 = rng.randint(0, width * 4 // 5), rng.randint(0, height * 4 // 5)
+        x1 = x0 + rng.randint(width // 10, width // 2)
+        y1 = y0 + rng.randint(height // 10, height // 2)
+        fill = random_colour(rng)
+        outline = rng.randint(2, 5)
+        shape = rng.random()
+        if shape < 0.35:
+            draw.ellipse((x0, y0, x1, y1), fill=fill, outline="black", width=outline)
+        elif shape < 0.7:
+            draw.rectangle((x0, y0, x1, y1), fill=fill, outline="black", width=outline)
+        else:
+            draw.polygon(
+                [(x0, y1), ((x0 + x1) // 2, y0), (x1, y1)],
+                fill=fill,
+                outline="black",
+                width=outline,
+            )
+    for _ in range(rng.randint(0, 4)):
+        points = [(rng.randint(0, width), rng.randint(0, height)) for _ in range(3)]
+        draw.line(points, fill="black", width=rng.randint(2, 4))
+
+
+def plain_photo(scene: Scene) -> None:
+    """The background alone."""
+
+
+def captioned_photo(scene: Scene) -> None:
+    """Harmless text over the background: a date, a place, a caption; no contact details."""
+    rng, fake = scene.rng, scene.fake
+    choices: tuple[Callable[[], str], ...] = (
+        lambda: fake.date(rng.choice(("%d.%m.%Y", "%B %d, %Y", "%Y-%m-%d", "%d %b %Y"))),
+        lambda: _ascii(fake.city()),
+        lambda: _ascii(fake.sentence(nb_words=rng.randint(2, 5))).rstrip("."),
+        lambda: rng.choice(("Happy birthday!", "Summer holidays", "Good morning", "Best day ever")),
+        lambda: fake.time("%H:%M"),
+    )
+    lines = [rng.choice(choices)() for _ in range(rng.randint(1, 2))]
+    size = rng.randint(max(14, scene.short_side // 26), max(18, scene.short_side // 11))
+    place_text(scene.canvas, lines, scene.font(size), rng, max_angle=12)
+
+
+POSITIVE_SCENES: dict[str, Callable[[Scene], None]] = {
+    "qr_solicitation": qr_solicitation,
+    "contact_overlay": contact_overlay,
+    "payment_card": payment_card,
+}
+NEGATIVE_SCENES: dict[str, Callable[[Scene], None]] = {
+    "barcode": barcode_label,
+    "checker": checker,
+    "text_page": text_page,
+    "clipart": clipart,
+    "plain_photo": plain_photo,
+    "captioned_photo": captioned_photo,
+}
