@@ -1,4 +1,4 @@
-"""``modstream heads status|promote|rollback|report``: roll heads versions out and back.
+"""``modstream heads status|load|promote|rollback|report``: roll heads versions out and back.
 
 The commands talk to Triton (``--triton``, default ``MODSTREAM_TRITON__URL``) and, for the
 report, to Kafka (the usual ``MODSTREAM_KAFKA__*`` settings).
@@ -38,6 +38,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     triton_options(status)
     status.set_defaults(handler=_status)
 
+    load = actions.add_parser(
+        "load", help="load heads versions added to the model repository (none goes live)"
+    )
+    triton_options(load)
+    load.set_defaults(handler=_load)
+
     for name, helptext in (
         ("promote", "make a heads version live (checked first; Triton keeps serving)"),
         ("rollback", "make the previously live heads version live again"),
@@ -75,9 +81,17 @@ def _policies(path: Path | None) -> PolicySet | None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    return _show_status(args, load=False)
+
+
+def _load(args: argparse.Namespace) -> int:
+    return _show_status(args, load=True)
+
+
+def _show_status(args: argparse.Namespace, load: bool) -> int:
     rollout = _rollout(args)
     try:
-        status = rollout.status()
+        status = rollout.load() if load else rollout.status()
     finally:
         rollout.close()
     _write(

@@ -108,6 +108,13 @@ class HeadsRollout:
         raw = result.as_numpy(HEADS_DESCRIPTOR_OUTPUT)
         return HeadsDescriptor.model_validate_json(bytes(raw.reshape(-1)[0]))
 
+    def load(self) -> HeadsStatus:
+        """Have Triton load version folders added to the repository since its last load (the
+        live version keeps serving); the status afterwards."""
+        config = self.ensemble_config()
+        self._load(config.parameters[HEADS_MODEL_PARAMETER].string_value)
+        return self.status()
+
     def live_categories(self) -> ModelCategories:
         """What the ensemble serves now (backbone classes and the live heads)."""
         config = self.ensemble_config()
