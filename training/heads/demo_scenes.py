@@ -1,7 +1,9 @@
 """The scenes of the demo set: one function per category and per kind of hard negative.
 
 Each scene draws on a background canvas with the fonts and QR styles of its split only
-(``SplitFactors``), so held-out factors stay held out, and reports what it used.
+(``SplitFactors``), so held-out factors stay held out, and reports what it used. Faker's
+dates, times and card expiries depend on today's date, so scenes draw those from the seed
+themselves: the same seed must give the same images tomorrow.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import random
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Literal
 
 import barcode
@@ -192,6 +195,12 @@ def render_qr(payload: str, style: QrStyle, module_px: int, mask: int) -> Image.
     return ImageOps.colorize(gray, black=style.dark, white=style.light).convert("RGBA")
 
 
+def flyer_words(fake: Faker, rng: random.Random) -> tuple[str, str]:
+    """A flyer's call to action and its line of marketing text."""
+    blurb = f"{_ascii(fake.catch_phrase())} {_ascii(fake.bs()).capitalize()}"
+    return rng.choice(_FLYER_TITLES), blurb
+
+
 def _flyer(scene: Scene, code: Image.Image) -> Image.Image:
     """A printed flyer around ``code``: paper, a band, a call to action and a line of text."""
     rng = scene.rng
@@ -203,8 +212,9 @@ def _flyer(scene: Scene, code: Image.Image) -> Image.Image:
     band = dark_colour(rng) if rng.random() < 0.5 else random_colour(rng)
     band_h = rng.randint(60, 90)
     draw.rectangle((0, 0, width, band_h), fill=(*band, 255))
+    heading, blurb = flyer_words(scene.fake, rng)
     title = scene.font(rng.randint(30, 42))
-    lines = wrap(rng.choice(_FLYER_TITLES), title, width - 24)
+    lines = wrap(heading, title, width - 24)
     title_patch = text_patch(
         lines,
         title,
@@ -222,8 +232,9 @@ def _flyer(scene: Scene, code: Image.Image) -> Image.Image:
     flyer.alpha_composite(code, ((width - side) // 2, code_top))
     body_px = rng.randint(15, 20)
     body = scene.font(body_px)
-    text = " ".join([_ascii(scene.fake.catch_phrase()), _ascii(scene.fake.bs()).capitalize()])
-    below = wrap(text, body, width - 40)[: max(1, (height - code_top - side - 20) // (body_px + 6))]
+    below = wrap(blurb, body, width - 40)[
+        : max(1, (height - code_top - side - 20) // (body_px + 6))
+    ]
     ink = dark_colour(rng)
     draw.multiline_text((20, code_top + side + 14), "\n".join(below), font=body, fill=(*ink, 255))
     return flyer
@@ -251,7 +262,7 @@ def qr_solicitation(scene: Scene) -> None:
 # --- contact_overlay ------------------------------------------------------------------------
 
 
-def _contact_line(fake: Faker, rng: random.Random) -> str:
+def _contact(fake: Faker, rng: random.Random) -> str:
     user = _ascii(fake.user_name())
     templates: tuple[Callable[[], str], ...] = (
         lambda: fake.phone_number(),
@@ -271,11 +282,17 @@ def _contact_line(fake: Faker, rng: random.Random) -> str:
     return rng.choice(templates)()
 
 
-def contact_overlay(scene: Scene) -> None:
-    rng, fake = scene.rng, scene.fake
-    lines = [_contact_line(fake, rng) for _ in range(rng.randint(1, 2))]
+def contact_lines(fake: Faker, rng: random.Random) -> list[str]:
+    """One or two phone numbers, handles or URLs, sometimes beside a slogan."""
+    lines = [_contact(fake, rng) for _ in range(rng.randint(1, 2))]
     if rng.random() < 0.4:
         lines.insert(rng.randint(0, len(lines)), _ascii(fake.catch_phrase()))
+    return lines
+
+
+def contact_overlay(scene: Scene) -> None:
+    rng = scene.rng
+    lines = contact_lines(scene.fake, rng)
     size = rng.randint(max(14, scene.short_side // 26), max(18, scene.short_side // 11))
     place_text(scene.canvas, lines, scene.font(size), rng, max_angle=12)
 
@@ -287,9 +304,19 @@ CARD_SIZE = (428, 270)
 """ISO/IEC 7810 ID-1 proportions (85.60 x 53.98 mm)."""
 
 
+def card_words(fake: Faker, rng: random.Random) -> tuple[str, str, str, str]:
+    """A card's bank, its 16 digits in groups of four, expiry (MM/YY) and holder."""
+    bank = _ascii(fake.company().split()[0]).upper() + " BANK"
+    digits = fake.credit_card_number(card_type=rng.choice(_CARD_TYPES))
+    number = " ".join(digits[i : i + 4] for i in range(0, len(digits), 4))
+    expiry = f"{rng.randint(1, 12):02d}/{rng.randint(24, 35)}"
+    return bank, number, expiry, _ascii(fake.name()).upper()
+
+
 def render_card(scene: Scene) -> Image.Image:
     """A synthetic bank card: gradient, chip, contactless mark, grouped number, expiry, name."""
-    rng, fake = scene.rng, scene.fake
+    rng = scene.rng
+    bank_name, number, expiry, holder = card_words(scene.fake, rng)
     width, height = CARD_SIZE
     card = linear_gradient(
         CARD_SIZE, random_colour(rng), random_colour(rng), rng.uniform(0, np.pi)
@@ -307,7 +334,7 @@ def render_card(scene: Scene) -> Image.Image:
     ink = contrasting(card.convert("RGB"), (0, 0, width, height), rng)
     shade = (0, 0, 0) if sum(ink) > 384 else (255, 255, 255)
     bank = scene.font(rng.randint(18, 24))
-    draw.text((28, 22), _ascii(fake.company().split()[0]).upper() + " BANK", font=bank, fill=ink)
+    draw.text((28, 22), bank_name, font=bank, fill=ink)
     chip = (40, 96, 40 + 56, 96 + 44)
     draw.rounded_rectangle(chip, radius=8, fill=(214, 178, 92), outline=(150, 120, 50), width=2)
     for offset in (15, 29):
@@ -318,18 +345,14 @@ def render_card(scene: Scene) -> Image.Image:
     for step in range(3):
         r = 8 + step * 7
         draw.arc((118 - r, 118 - r, 118 + r, 118 + r), start=-45, end=45, fill=ink, width=3)
-    digits = fake.credit_card_number(card_type=rng.choice(_CARD_TYPES))
-    number = " ".join(digits[i : i + 4] for i in range(0, len(digits), 4))
     numeral = scene.font(rng.randint(24, 30))
     # Embossed digits: a one-pixel shade under the ink.
     draw.text((41, 161), number, font=numeral, fill=shade)
     draw.text((40, 160), number, font=numeral, fill=ink)
     small = scene.font(9)
     draw.text((150, 203), "VALID\nTHRU", font=small, fill=ink)
-    draw.text((190, 203), fake.credit_card_expire(), font=scene.font(16), fill=ink)
-    draw.text(
-        (40, 230), _ascii(fake.name()).upper(), font=scene.font(rng.randint(15, 18)), fill=ink
-    )
+    draw.text((190, 203), expiry, font=scene.font(16), fill=ink)
+    draw.text((40, 230), holder, font=scene.font(rng.randint(15, 18)), fill=ink)
     mask = Image.new("L", CARD_SIZE, 0)
     ImageDraw.Draw(mask).rounded_rectangle((0, 0, width - 1, height - 1), radius=18, fill=255)
     card.putalpha(mask)
@@ -347,9 +370,20 @@ def payment_card(scene: Scene) -> None:
 # --- hard negatives -------------------------------------------------------------------------
 
 
+def barcode_words(fake: Faker, rng: random.Random) -> tuple[str, str, str]:
+    """A symbology (EAN-13 or Code 128), what it encodes, and a product name with a price."""
+    if rng.random() < 0.5:
+        symbology, data = "ean13", fake.ean13()[:12]
+    else:
+        symbology, data = "code128", fake.bothify("??-#####").upper()
+    label = f"{_ascii(fake.word()).title()}  {rng.randint(1, 99)}.{rng.randint(0, 99):02d}"
+    return symbology, data, label
+
+
 def barcode_label(scene: Scene) -> None:
-    """A retail barcode (EAN-13 or Code 128) on a label with a product name and price."""
-    rng, fake = scene.rng, scene.fake
+    """A retail barcode on a label with a product name and price."""
+    rng = scene.rng
+    symbology, data, text = barcode_words(scene.fake, rng)
     writer = ImageWriter()
     light, dark = light_colour(rng), dark_colour(rng)
     options = {
@@ -360,13 +394,9 @@ def barcode_label(scene: Scene) -> None:
         "background": "#{:02x}{:02x}{:02x}".format(*light),
         "foreground": "#{:02x}{:02x}{:02x}".format(*dark),
     }
-    if rng.random() < 0.5:
-        code = barcode.get("ean13", fake.ean13()[:12], writer=writer)
-    else:
-        code = barcode.get("code128", fake.bothify("??-#####").upper(), writer=writer)
+    code = barcode.get(symbology, data, writer=writer)
     bars = code.render(options).convert("RGBA")
     caption = scene.font(rng.randint(14, 20))
-    text = f"{_ascii(fake.word()).title()}  {rng.randint(1, 99)}.{rng.randint(0, 99):02d}"
     label_text = text_patch(
         [code.get_fullcode(), text], caption, dark, style="plain", backing=light, align="center"
     )
@@ -409,9 +439,17 @@ def checker(scene: Scene) -> None:
     paste_quad(scene.canvas, patch.convert("RGBA"), quad)
 
 
+def page_words(fake: Faker, rng: random.Random) -> tuple[str, list[str]]:
+    """A heading and more paragraphs of lorem ipsum than a page holds; no contact details."""
+    heading = _ascii(fake.sentence(nb_words=rng.randint(3, 6))).rstrip(".")
+    paragraphs = [_ascii(fake.paragraph(nb_sentences=rng.randint(3, 6))) for _ in range(12)]
+    return heading, paragraphs
+
+
 def text_page(scene: Scene) -> None:
-    """A printed page of lorem ipsum: a title and paragraphs, no contact details."""
-    rng, fake = scene.rng, scene.fake
+    """A printed page: a title and paragraphs in one font, until the page is full."""
+    rng = scene.rng
+    heading, paragraphs = page_words(scene.fake, rng)
     width = rng.randint(380, 480)
     height = int(width * rng.uniform(1.2, 1.45))
     paper = light_colour(rng)
@@ -421,14 +459,14 @@ def text_page(scene: Scene) -> None:
     title_px, body_px = rng.randint(20, 28), rng.randint(11, 15)
     title, body = scene.font(title_px), scene.font(body_px)
     margin = rng.randint(24, 40)
-    heading = _ascii(fake.sentence(nb_words=rng.randint(3, 6))).rstrip(".")
     y = margin
     for line in wrap(heading, title, width - 2 * margin):
         draw.text((margin, y), line, font=title, fill=ink)
         y += title_px + 6
     y += 8
-    while y < height - margin - body_px:
-        paragraph = _ascii(fake.paragraph(nb_sentences=rng.randint(3, 6)))
+    for paragraph in paragraphs:
+        if y >= height - margin - body_px:
+            break
         for line in wrap(paragraph, body, width - 2 * margin):
             if y > height - margin - body_px:
                 break
@@ -473,20 +511,42 @@ def plain_photo(scene: Scene) -> None:
     """The background alone."""
 
 
-def captioned_photo(scene: Scene) -> None:
-    """Harmless text over the background: a date, a place, a caption; no contact details."""
-    rng, fake = scene.rng, scene.fake
+def _day(rng: random.Random) -> date:
+    return date(2000, 1, 1) + timedelta(days=rng.randint(0, 9000))
+
+
+def caption_lines(fake: Faker, rng: random.Random) -> list[str]:
+    """One or two harmless lines: a date, a time, a country, a caption; no contact details."""
     choices: tuple[Callable[[], str], ...] = (
-        lambda: fake.date(rng.choice(("%d.%m.%Y", "%B %d, %Y", "%Y-%m-%d", "%d %b %Y"))),
-        lambda: _ascii(fake.city()),
+        lambda: _day(rng).strftime(rng.choice(("%d.%m.%Y", "%B %d, %Y", "%Y-%m-%d", "%d %b %Y"))),
+        # Not fake.city(): its it_IT list is built from a set, so its order, and the city a
+        # seed picks, change with PYTHONHASHSEED from one run to the next.
+        lambda: _ascii(fake.country()),
         lambda: _ascii(fake.sentence(nb_words=rng.randint(2, 5))).rstrip("."),
         lambda: rng.choice(("Happy birthday!", "Summer holidays", "Good morning", "Best day ever")),
-        lambda: fake.time("%H:%M"),
+        lambda: f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}",
     )
-    lines = [rng.choice(choices)() for _ in range(rng.randint(1, 2))]
+    return [rng.choice(choices)() for _ in range(rng.randint(1, 2))]
+
+
+def captioned_photo(scene: Scene) -> None:
+    """Harmless text over the background."""
+    rng = scene.rng
+    lines = caption_lines(scene.fake, rng)
     size = rng.randint(max(14, scene.short_side // 26), max(18, scene.short_side // 11))
     place_text(scene.canvas, lines, scene.font(size), rng, max_angle=12)
 
+
+WORDS: dict[str, Callable[[Faker, random.Random], object]] = {
+    "qr_payload": qr_payload,
+    "flyer": flyer_words,
+    "contact": contact_lines,
+    "card": card_words,
+    "barcode": barcode_words,
+    "page": page_words,
+    "caption": caption_lines,
+}
+"""Everything a scene writes comes from one of these; the scenes call Faker nowhere else."""
 
 POSITIVE_SCENES: dict[str, Callable[[Scene], None]] = {
     "qr_solicitation": qr_solicitation,

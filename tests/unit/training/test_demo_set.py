@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import subprocess
+import sys
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from faker import Faker
+from faker.providers import date_time as faker_dates
 
+from tests.support.paths import REPO_ROOT
 from training.heads.data import load_manifest
+from training.heads.demo_scenes import FAKER_LOCALES, WORDS
 from training.heads.demo_set import (
     CATEGORIES,
     NEGATIVE_KINDS,
@@ -43,10 +52,58 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_a_seed_gives_the_same_bytes_whatever_the_workers(demo: Path, tmp_path: Path) -> None:
+class _Later(datetime):
+    """A clock years ahead, for Faker: its dates are drawn relative to now."""
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> _Later:
+        return cls(2041, 5, 6, 7, 8, 9, tzinfo=tz)
+
+
+def test_a_seed_gives_the_same_bytes_whatever_the_workers_and_the_day(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set before the workers fork, so they see the later clock too.
+    monkeypatch.setattr(faker_dates, "datetime", _Later)
     again = tmp_path / "again"
     generate(again, seed=7, test_per_class=PER_CLASS, train_per_class=PER_CLASS, workers=2)
     assert files(again) == files(demo)
+
+
+def draw_words(count: int) -> list[str]:
+    """Every kind of text the scenes write, ``count`` times, from fixed seeds."""
+    fake = Faker(list(FAKER_LOCALES))
+    drawn: list[str] = []
+    for number in range(count):
+        rng = random.Random(number)
+        fake.seed_instance(number)
+        drawn.extend(f"{name}: {words(fake, rng)!r}" for name, words in WORDS.items())
+    return drawn
+
+
+_OTHER_RUN = """
+import json, sys
+from pathlib import Path
+from tests.unit.training.test_demo_set import PER_CLASS, draw_words
+from training.heads.demo_set import generate
+generate(Path(sys.argv[1]), seed=7, test_per_class=PER_CLASS, train_per_class=PER_CLASS, workers=1)
+Path(sys.argv[2]).write_text(json.dumps(draw_words(300)))
+"""
+
+
+def test_a_seed_gives_the_same_bytes_in_another_python_run(demo: Path, tmp_path: Path) -> None:
+    # Other string hashes: set orders, which some Faker locales build word lists from (it_IT's
+    # cities), must not reach the images. The words are drawn many times to meet such lists.
+    out, words = tmp_path / "run", tmp_path / "words.json"
+    hashes = "1" if os.environ.get("PYTHONHASHSEED") == "0" else "0"
+    subprocess.run(
+        [sys.executable, "-c", _OTHER_RUN, str(out), str(words)],
+        env={**os.environ, "PYTHONHASHSEED": hashes},
+        check=True,
+        cwd=REPO_ROOT,
+    )
+    assert files(out) == files(demo)
+    assert json.loads(words.read_text()) == draw_words(300)
 
 
 def test_another_seed_gives_other_images(demo: Path, tmp_path: Path) -> None:
