@@ -149,7 +149,7 @@ def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     heads.add_argument("--out", type=Path, default=Path("bench/results"), help="report folder")
     heads.add_argument("--card", type=Path, help="model card (default: <repo>/README.md)")
     heads.add_argument("--cache-dir", type=Path, default=Path(".cache/heads"))
-    heads.add_argument("--threads", type=int, default=2, help="onnxruntime and torch threads")
+    heads.add_argument("--threads", type=int, default=2, help="decode and onnxruntime threads")
     heads.add_argument("--draws", type=int, default=5, help="seeded draws per learning-curve size")
     heads.add_argument("--no-progress", action="store_true", help="no progress bars")
     heads.add_argument(

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from consumer.errors import ConfigError
 from training.heads import metrics, report
@@ -177,7 +176,6 @@ def resolve_splits(rows: Sequence[Row], test_fraction: float, seed: int) -> tupl
 def train_command(options: TrainOptions) -> int:
     """Run the whole command; returns the exit status. Raises ConfigError (one line)."""
     started = time.perf_counter()
-    torch.set_num_threads(options.threads)
     rows = load_rows(options.data)
     backbone = Backbone.from_repo(options.repo, options.backbone)
     embedded = embed_images(
@@ -346,6 +344,8 @@ def describe_dataset(
         "name": str(meta.get("name") or options.data.name),
         "path": _shown(options.data),
         "note": meta.get("note"),
+        # The demo set says so in its metadata; the model card then says what that means.
+        "synthetic": "synthetic" in str(meta.get("note") or "").lower(),
         "images": {"train": int(train.sum()), "test": int(test.sum())},
         "unlabelled": {
             "train": int((unlabelled & train).sum()),
@@ -357,6 +357,12 @@ def describe_dataset(
         "refused_examples": [],
         "categories": categories,
         "held_out_in_test": held_out_in_test(meta),
+        # How to draw the same set again (the demo set records its seed, sizes and versions).
+        "generator": {
+            key: meta[key]
+            for key in ("demo_set_version", "seed", "train_per_class", "test_per_class", "versions")
+            if key in meta
+        },
         "groups": {
             "train": len({g for g, s in zip(data.groups, data.splits, strict=True) if s == TRAIN}),
             "test": len({g for g, s in zip(data.groups, data.splits, strict=True) if s == TEST}),
@@ -379,27 +385,28 @@ def benign_mask(data: EmbeddedRows, pattern: str) -> npt.NDArray[np.bool_]:
 def method(cfg: FitConfig, options: TrainOptions) -> dict[str, Any]:
     return {
         "selection": (
-            "platform heads are logistic regression on the standardised embedding; each "
-            "tenant head is the kind (logistic, prototype, pulled) with the best PR-AUC in a "
-            f"{cfg.folds}-fold cross-validation on the train split grouped by image group "
-            "(test images never take part)."
+            "Platform heads are logistic regression on the standardised embedding. Each "
+            "tenant head is the kind (logistic, prototype, pulled) with the best out-of-fold "
+            f"PR-AUC in a {cfg.folds}-fold cross-validation on the train split, grouped by "
+            "image group; test images never take part. Pulled heads start from the other "
+            "platform head that best ranks the tenant's labels, or from the logistic fit on "
+            "the same labels where there is none."
         ),
         "review_threshold": (
-            "the score maximising F1 on the out-of-fold predictions of that train-split "
-            "cross-validation."
+            "the score maximising F1 on the out-of-fold predictions of that cross-validation"
         ),
         "block_threshold": (
-            f"the lowest score whose out-of-fold precision is at least "
-            f"{metrics.BLOCK_PRECISION_TARGET:.0%} (1.0, never blocking, where none is), and "
-            "never below the review threshold."
+            "the lowest score whose out-of-fold precision reaches "
+            f"{metrics.BLOCK_PRECISION_TARGET:.0%}, never below the review threshold; a head "
+            "that never gets there has no block threshold and only sends images to review"
         ),
         "block_precision_target": metrics.BLOCK_PRECISION_TARGET,
         "intervals": (
-            "Wilson score for precision, recall and the false-positive rate; seeded "
-            f"percentile bootstrap over test images ({options.bootstrap_draws} draws) for F1 "
-            "and PR-AUC."
+            "Wilson score for precision, recall and the false-positive rate; a seeded "
+            f"percentile bootstrap over test images, {options.bootstrap_draws} draws, for F1 "
+            "and PR-AUC"
         ),
-        "benign_photos": (f"test images without any label whose path matches {options.benign!r}."),
+        "benign_photos": f"test images without any label whose path matches {options.benign!r}",
         "fit": {
             "l2": cfg.l2,
             "pull": cfg.pull,
@@ -422,8 +429,9 @@ def category_entry(head: CategoryHead, evaluation: dict[str, Any]) -> dict[str, 
         },
         "cv_folds": selection.folds,
         "review_threshold": round(head.review_threshold, 6),
-        "block_threshold": round(head.block_threshold, 6),
-        "block_target_met_in_cv": head.block_target_met,
+        "block_threshold": (
+            None if head.block_threshold is None else round(head.block_threshold, 6)
+        ),
         "train": {"positives": head.train_positives, "negatives": head.train_negatives},
         "test": evaluation,
     }
@@ -457,7 +465,7 @@ def summary(built: dict[str, Any]) -> dict[str, float]:
             "recall": test["at_review"]["recall"]["value"],
             "f1": test["at_review"]["f1"]["value"],
             "pr_auc": test["pr_auc"]["value"],
-            "benign_fpr": test["benign_fpr_at_block"]["value"],
+            "benign_fpr": (test["benign_fpr_at_block"] or {}).get("value"),
             "review_threshold": entry["review_threshold"],
             "block_threshold": entry["block_threshold"],
         }

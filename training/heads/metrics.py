@@ -6,7 +6,8 @@ How thresholds are chosen (both on the train split only, never on test images):
   stratified cross-validation of the train split (``best_f1_threshold``);
 * block threshold: the lowest score whose out-of-fold precision reaches
   ``BLOCK_PRECISION_TARGET`` (``precision_threshold``), and never below the review threshold.
-  When no score reaches the target the head does not block at all (threshold 1.0).
+  When no score reaches the target the head gets no block threshold (None): it only sends
+  images to review. (A threshold of 1.0 would not do: float32 sigmoids round to 1.0.)
 
 Intervals: precision, recall and the false-positive rate on benign photos are proportions and
 get Wilson score intervals; F1 and PR-AUC (average precision) are not, and get a seeded
@@ -27,9 +28,6 @@ Z95 = 1.959963984540054
 """The normal quantile of a two-sided 95% interval."""
 BLOCK_PRECISION_TARGET = 0.95
 BOOTSTRAP_DRAWS = 1000
-NO_BLOCK = 1.0
-"""Block threshold of a head whose precision never reaches the target: sigmoid scores stay
-below 1.0, so it never blocks."""
 
 Scores = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 Labels = npt.NDArray[np.bool_]
@@ -117,7 +115,8 @@ def best_f1_threshold(labels: Labels, scores: Scores) -> float:
     """The score threshold with the highest F1 (the highest such threshold on ties)."""
     precision, recall, thresholds = pr_curve(labels, scores)
     if not labels.any():
-        return NO_BLOCK
+        # Nothing to find: flag only what scores as high as a score can.
+        return 1.0
     total = precision + recall
     f1 = 2 * precision * recall / np.where(total > 0, total, 1.0)
     return float(thresholds[int(np.argmax(f1))])
@@ -194,7 +193,7 @@ def evaluate(
     scores: Scores,
     *,
     review_threshold: float,
-    block_threshold: float,
+    block_threshold: float | None,
     benign: npt.NDArray[np.bool_],
     draws: int = BOOTSTRAP_DRAWS,
     seed: int = 0,
@@ -202,19 +201,26 @@ def evaluate(
     """Every held-out number of one head on the test split.
 
     ``benign`` marks the test images that are plain photos with no label at all; the
-    false-positive rate on them is measured at the block threshold.
+    false-positive rate on them is measured at the block threshold. Without a block threshold
+    (precision target not reached) the numbers at block are None.
     """
-    benign_negatives = benign & ~labels
-    blocked = np.asarray(scores, dtype=np.float64) >= block_threshold
-    false_blocks = int(np.sum(blocked & benign_negatives))
-    return {
+    found: dict[str, Any] = {
         "positives": int(labels.sum()),
         "negatives": int((~labels).sum()),
         "at_review": at_threshold(labels, scores, review_threshold, draws=draws, seed=seed),
-        "at_block": at_threshold(labels, scores, block_threshold, draws=draws, seed=seed),
+        "at_block": None,
         "pr_auc": bootstrapped(average_precision, labels, scores, draws=draws, seed=seed).as_json(),
-        "benign_fpr_at_block": proportion(false_blocks, int(benign_negatives.sum())).as_json(),
+        "benign_fpr_at_block": None,
     }
+    if block_threshold is not None:
+        benign_negatives = benign & ~labels
+        blocked = np.asarray(scores, dtype=np.float64) >= block_threshold
+        false_blocks = int(np.sum(blocked & benign_negatives))
+        found["at_block"] = at_threshold(labels, scores, block_threshold, draws=draws, seed=seed)
+        found["benign_fpr_at_block"] = proportion(
+            false_blocks, int(benign_negatives.sum())
+        ).as_json()
+    return found
 
 
 def curve_points(labels: Labels, scores: Scores, max_points: int = 200) -> dict[str, list[float]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ TENANT_TRAINING_TARGET_S = 60.0
 SYNTHETIC_NOTE = (
     "These categories are synthetic: they prove the machinery (labelled data, heads, serving, "
     "per-tenant visibility), not accuracy on real-world images, which needs real labelled data."
+)
+REAL_DATA_NOTE = (
+    "Measured on the labelled set named above; numbers on another set, or on live traffic "
+    "with other proportions, will differ."
 )
 
 
@@ -168,52 +173,63 @@ def card_block(report: dict[str, Any], json_path: str) -> str:
     backbone = report["backbone"]
     dataset = report["dataset"]
     method = report["method"]
+    images = dataset["images"]
+    intro = (
+        f"Backbone `{backbone['name']}` (sha256 `{backbone['sha256'][:12]}…`), data "
+        f"`{dataset['name']}`: {images['train']} training and {images['test']} test images."
+    )
+    held_out = dataset.get("held_out_in_test")
+    if held_out:
+        parts = [f"{kind} {', '.join(values)}" for kind, values in held_out.items() if values]
+        intro += " Only in the test split, never seen in training: " + "; ".join(parts) + "."
     lines = [
         CARD_BEGIN,
         "## Heads on this backbone",
         "",
-        f"Generated from `{json_path}` by `modstream train heads` (or "
-        "`python -m training.heads report`); edit the code, not this section.",
+        _wrap(
+            f"Generated from `{json_path}` by `modstream train heads` (redrawn by `python -m "
+            "training.heads report`); edit the code, not this section."
+        ),
         "",
-        f"Backbone `{backbone['name']}` (sha256 `{backbone['sha256'][:12]}…`), data "
-        f"`{dataset['name']}`: {dataset['images']['train']} training and "
-        f"{dataset['images']['test']} test images.",
-    ]
-    held_out = dataset.get("held_out_in_test")
-    if held_out:
-        parts = [f"{kind}: {', '.join(values)}" for kind, values in held_out.items() if values]
-        lines += ["", "Only in the test split (never seen in training): " + "; ".join(parts) + "."]
-    lines += [
+        _wrap(intro),
         "",
-        "| category | owner | head | precision | recall | F1 | PR-AUC | FPR on benign photos "
-        "at block |",
-        "|---|---|---|---|---|---|---|---|",
+        "| category | owner | head | precision | recall | F1 | PR-AUC | recall at block | FPR on "
+        "benign photos at block |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in report["categories"].items():
         test = entry["test"]
         review = test["at_review"]
+        fpr, block = test["benign_fpr_at_block"], test["at_block"]
         lines.append(
             f"| {name} | {entry['tenant'] or 'platform'} | {entry['head']} | "
             f"{with_interval(review['precision'])} | {with_interval(review['recall'])} | "
             f"{with_interval(review['f1'])} | {with_interval(test['pr_auc'])} | "
-            f"{with_interval(test['benign_fpr_at_block'])} |"
+            f"{'no block threshold' if block is None else with_interval(block['recall'])} | "
+            f"{'no block threshold' if fpr is None else with_interval(fpr)} |"
         )
     lines += [
         "",
-        f"Precision, recall and F1 at the review threshold; {method['review_threshold']} "
-        f"The false-positive rate is at the block threshold; {method['block_threshold']} "
-        f"95% intervals: {method['intervals']}",
-        "",
-        f"Heads: {method['selection']}",
+        _wrap(
+            f"{method['selection']} Precision, recall and F1 are at the review threshold, "
+            f"{method['review_threshold']}. The false-positive rate on benign photos (the "
+            f"{dataset.get('benign_photos_test', 'n/a')} plain photos of the test split) is at "
+            f"the block threshold, {method['block_threshold']}. Brackets: 95% intervals "
+            f"({method['intervals']}), then the counts."
+        ),
     ]
     curves = report["learning_curves"]
     sizes = curves["labels_per_class"]
     lines += [
         "",
-        f"Learning curves (test PR-AUC of the cross-validated choice, mean over "
-        f"{curves['draws']} seeded draws; `{PR_PLOT}` and `{LEARNING_PLOT}` beside the JSON):",
+        _wrap(
+            "Learning curves: test PR-AUC of the head the cross-validation picks when a "
+            f"tenant has n labels per class, mean ± standard deviation over {curves['draws']} "
+            f"seeded draws (every kind in `{LEARNING_PLOT}`, PR curves in `{PR_PLOT}`, beside "
+            "the JSON)."
+        ),
         "",
-        "| category | " + " | ".join(f"{n} labels" for n in sizes) + " |",
+        "| category | " + " | ".join(f"n = {n}" for n in sizes) + " |",
         "|---|" + "---|" * len(sizes),
     ]
     for name, kinds in curves["categories"].items():
@@ -224,16 +240,23 @@ def card_block(report: dict[str, Any], json_path: str) -> str:
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     per_image = report["timings"]["embedding"].get("seconds_per_image")
+    speed = "n/a" if per_image is None else f"{per_image * 1000:.1f} ms"
     lines += [
         "",
-        f"Timings on this machine: embedding "
-        f"{'n/a' if per_image is None else f'{per_image * 1000:.1f} ms'} per image (decode + "
-        f"backbone); {tenant_timing_sentence(report)}",
+        _wrap(
+            f"Timings on this machine: embedding {speed} per image (decode and backbone); "
+            f"{tenant_timing_sentence(report)}"
+        ),
         "",
-        dataset.get("note") or SYNTHETIC_NOTE,
+        _wrap(SYNTHETIC_NOTE if dataset.get("synthetic") else REAL_DATA_NOTE),
         CARD_END,
     ]
     return "\n".join(lines)
+
+
+def _wrap(text: str) -> str:
+    # The card is read as plain text too: keep its prose at the repository's line length.
+    return textwrap.fill(text, width=100, break_on_hyphens=False, break_long_words=False)
 
 
 def tenant_timing_sentence(report: dict[str, Any]) -> str:

@@ -39,7 +39,6 @@ from consumer.moderation.heads import HeadCategory
 from training.heads.embed import TrainingFailed
 from training.heads.metrics import (
     BLOCK_PRECISION_TARGET,
-    NO_BLOCK,
     average_precision,
     best_f1_threshold,
     precision_threshold,
@@ -143,9 +142,13 @@ class Standardizer:
     @classmethod
     def fit(cls, embeddings: Floats) -> Standardizer:
         x = embeddings.astype(np.float64)
-        # Features that never fire (ReLU) get scale 1 rather than a division by zero.
         std = x.std(axis=0)
-        return cls(mean=x.mean(axis=0), scale=np.where(std > 1e-6, std, 1.0))
+        # Scales are floored at the median: dividing by the tiny spread of a nearly dead
+        # feature (some vary by 1e-4 on the demo set) let the ridge ignore it and gave raw
+        # weights over 1000 that one unusual image could swing by hundreds of logits; with the
+        # floor they stay under about 10 at the same cross-validated PR-AUC.
+        floor = max(float(np.median(std)), 1e-6)
+        return cls(mean=x.mean(axis=0), scale=np.maximum(std, floor))
 
     def apply(self, embeddings: Floats) -> npt.NDArray[np.float64]:
         result: npt.NDArray[np.float64] = (embeddings.astype(np.float64) - self.mean) / self.scale
@@ -374,8 +377,8 @@ class CategoryHead:
     head: Head
     selection: Selection
     review_threshold: float
-    block_threshold: float
-    block_target_met: bool
+    block_threshold: float | None
+    """None when no out-of-fold score reached the precision target: review only."""
     train_positives: int
     train_negatives: int
 
@@ -409,8 +412,7 @@ def train_category(
         head=head,
         selection=selection,
         review_threshold=review,
-        block_threshold=NO_BLOCK if block is None else max(block, review),
-        block_target_met=block is not None,
+        block_threshold=None if block is None else max(block, review),
         train_positives=int(y.sum()),
         train_negatives=int((~y).sum()),
     )
@@ -491,13 +493,13 @@ def _train_all(data: EmbeddedRows, cfg: FitConfig, progress: bool) -> Trained:
         if category.tenant is None:
             platform[category.name] = trained.head
         logger.info(
-            "%s (%s): %s head, cross-validated PR-AUC %s, review at %.3f, block at %.3f",
+            "%s (%s): %s head, cross-validated PR-AUC %s, review at %.3f, block at %s",
             category.name,
             category.tenant or "platform",
             trained.selection.kind,
             _rounded(trained.selection.cv_pr_auc),
             trained.review_threshold,
-            trained.block_threshold,
+            "none" if trained.block_threshold is None else f"{trained.block_threshold:.3f}",
         )
     return Trained(tuple(heads), std, time.perf_counter() - started)
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from consumer.cli import main as modstream
 from consumer.moderation.heads import HeadCategory
 from training.heads import metrics, report
 from training.heads.cli import TrainOptions, train_and_report
+from training.heads.cli import main as heads_main
 from training.heads.train import (
     KINDS,
     LOGISTIC,
@@ -78,13 +80,15 @@ def synthetic(seed: int = 0, per_class: int = 60, test_per_class: int = 40) -> E
     )
 
 
-def train_part(data: EmbeddedRows, category: str) -> tuple[np.ndarray, np.ndarray]:
+def train_part(
+    data: EmbeddedRows, category: str
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     train = data.split("train")
     return data.embeddings[train], data.target(category)[train]
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    result: np.ndarray = 1.0 / (1.0 + np.exp(-z))
+def sigmoid(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    result: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-z))
     return result
 
 
@@ -173,7 +177,9 @@ def test_each_kind_can_be_chosen_and_served() -> None:
             HeadCategory(name="card", tenant="tickets"), x, y, groups, candidates, FitConfig()
         )
         assert chosen.head.kind == kind
-        assert 0.0 < chosen.review_threshold <= chosen.block_threshold <= 1.0
+        assert 0.0 < chosen.review_threshold <= 1.0
+        if chosen.block_threshold is not None:
+            assert chosen.review_threshold <= chosen.block_threshold <= 1.0
 
 
 # ── selection never sees the test split ───────────────────────────────────────────────────
@@ -256,6 +262,23 @@ def test_average_precision_matches_the_step_definition() -> None:
     assert metrics.average_precision(np.zeros(3, dtype=bool), np.ones(3)) is None
 
 
+def test_no_block_threshold_measures_nothing_at_block() -> None:
+    y = np.array([True, False, True, False])
+    s = np.array([0.9, 0.8, 0.3, 0.2])
+    benign = np.array([False, True, False, True])
+    found = metrics.evaluate(
+        y, s, review_threshold=0.3, block_threshold=None, benign=benign, draws=20
+    )
+    assert found["at_block"] is None
+    assert found["benign_fpr_at_block"] is None
+    blocking = metrics.evaluate(
+        y, s, review_threshold=0.3, block_threshold=0.8, benign=benign, draws=20
+    )
+    assert blocking["benign_fpr_at_block"]["k"] == 1
+    assert blocking["benign_fpr_at_block"]["n"] == 2
+    assert blocking["at_block"]["precision"]["value"] == pytest.approx(0.5)
+
+
 def test_thresholds_from_scores() -> None:
     y = np.array([False, False, False, True, False, True, True, True])
     s = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
@@ -307,7 +330,7 @@ def built() -> dict[str, object]:
         "name": "synthetic",
         "images": {"train": 240, "test": 160},
         "held_out_in_test": {"backgrounds": ["photo:chelsea"]},
-        "note": None,
+        "synthetic": True,
     }
     found, heads = train_and_report(
         synthetic(),
@@ -327,13 +350,17 @@ def test_report_has_the_documented_keys(built: dict[str, object], tmp_path: Path
     for entry in loaded["categories"].values():
         assert {"tenant", "head", "cv_pr_auc", "review_threshold", "block_threshold"} <= set(entry)
         test = entry["test"]
-        for estimate in (
+        estimates = [
             test["at_review"]["precision"],
             test["at_review"]["recall"],
             test["at_review"]["f1"],
             test["pr_auc"],
-            test["benign_fpr_at_block"],
-        ):
+        ]
+        # Without a block threshold there is nothing measured at block.
+        assert (entry["block_threshold"] is None) == (test["benign_fpr_at_block"] is None)
+        if test["benign_fpr_at_block"] is not None:
+            estimates += [test["benign_fpr_at_block"], test["at_block"]["precision"]]
+        for estimate in estimates:
             assert {"value", "low", "high"} <= set(estimate)
             assert estimate["low"] <= estimate["value"] <= estimate["high"]
     timing = loaded["timings"]["tenant_training"]
@@ -372,6 +399,27 @@ def test_model_card_block_is_regenerated_between_markers(
     assert updated.endswith(report.CARD_END + "\n\nAfter.\n")
     assert updated.count(report.CARD_BEGIN) == 1
     assert "Changed" in updated
+
+
+def test_report_command_redraws_from_the_json_alone(
+    built: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = report.write_json(built, tmp_path / "results")
+    card = tmp_path / "README.md"
+    card.write_text("# Models\n")
+    assert heads_main(["report", "--json", str(path), "--card", str(card)]) == 0
+    assert report.CARD_BEGIN in card.read_text()
+    assert (tmp_path / "results" / report.LEARNING_PLOT).is_file()
+    first = card.read_text()
+    assert heads_main(["report", "--json", str(path), "--card", str(card)]) == 0
+    assert card.read_text() == first
+    capsys.readouterr()
+
+    (tmp_path / "bad.json").write_text("{}")
+    assert heads_main(["report", "--json", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m training.heads: ")
+    assert err.count("\n") == 1
 
 
 # ── the command line without the training extra ──────────────────────────────────────────
