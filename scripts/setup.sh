@@ -32,3 +32,13 @@ fi
 # The model repository: the pinned nsfwjs networks, imported, exported to ONNX and
 # parity-checked (about 10 s; the tarball is fetched once with `npm pack` and cached).
 .venv/bin/python -m training.nsfwjs.export --repo triton_repo
+# Demo heads: custom categories (docs/heads.md) trained once on the generated, synthetic demo
+# set, so `modstream demo` can show a tenant's own category; about a minute on two cores.
+if [ ! -f triton_repo/moderation/config.pbtxt ]; then
+  demo=.cache/heads-demo
+  .venv/bin/python -m training.heads.demo_set --out "$demo" --train-per-class 100 \
+    --test-per-class 40 --overwrite --no-progress
+  mkdir -p "$demo/report"
+  .venv/bin/python -m training.heads train --data "$demo" --repo triton_repo \
+    --out "$demo/report" --card "$demo/report/model-card.md" --draws 1 --no-progress --export
+fi

@@ -20,7 +20,7 @@ def test_demo_runs_headless_and_exits_cleanly() -> None:
             "12",
             "--headless",
             "--events",
-            "90",
+            "96",
         ],
         capture_output=True,
         text=True,
@@ -31,14 +31,24 @@ def test_demo_runs_headless_and_exits_cleanly() -> None:
     summaries = [line for line in result.stdout.splitlines() if line.startswith("modstream demo")]
     assert summaries, result.stdout
     decided = int(re.search(r"decided (\d+)", summaries[-1]).group(1))  # type: ignore[union-attr]
-    assert decided == 90, summaries[-1]
+    assert decided == 96, summaries[-1]
     rows = {
         m.group(1): tuple(int(n) for n in m.group(2, 3, 4))
         for m in re.finditer(r"([a-z-]+) +(\d+) +(\d+) +(\d+)", summaries[-1])
     }
-    assert set(rows) == {"kids-app", "art-gallery", "acme"}
-    assert all(sum(counts) == 30 for counts in rows.values())
+    # setup.sh trains the demo heads, so the tenant with its own payment_card head is there.
+    assert set(rows) == {"kids-app", "art-gallery", "acme", "tickets"}
+    assert all(sum(counts) == 24 for counts in rows.values())
     # The same images, three policies: the strict tenant blocks, the art tenant never does.
     assert rows["kids-app"][2] > 0
     assert rows["art-gallery"][2] == 0
+    # Payment-card photos: blocked by the tenant that taught its own head, by nobody else.
+    heads_line = re.search(r"payment_card photos.*?: (.*?) \|", summaries[-1])
+    assert heads_line is not None, summaries[-1]
+    cards = {
+        m.group(1): tuple(int(n) for n in m.group(2, 3, 4))
+        for m in re.finditer(r"([a-z-]+) (\d+)/(\d+)/(\d+)", heads_line.group(1))
+    }
+    assert cards["tickets"][2] > 0
+    assert all(counts[2] == 0 for tenant, counts in cards.items() if tenant != "tickets")
     assert "demo stopped" in result.stdout
