@@ -56,5 +56,7 @@ def head_scores(
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     unit = x / np.maximum(norms, 1e-12)
     logits = np.where(normalize[None, :], unit @ weight, x @ weight) + bias[None, :]
-    result: npt.NDArray[np.float32] = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    result: npt.NDArray[np.float32] = np.exp(-np.logaddexp(0.0, -logits)).astype(
+        np.float32
+    )  # sigmoid, overflow-free
     return result
