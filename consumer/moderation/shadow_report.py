@@ -13,15 +13,19 @@ from consumer.contract.events import ShadowComparison
 Z_95 = 1.959963984540054
 
 
-def wilson(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95% by default); (0, 1) when ``total`` is 0."""
-    if total == 0:
-        return 0.0, 1.0
-    p = successes / total
-    centre = p + z * z / (2 * total)
-    spread = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    denominator = 1 + z * z / total
-    return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
+def wilson(k: int, n: int, z: float = Z_95) -> tuple[float, float] | None:
+    """Wilson score interval of ``k`` successes in ``n`` trials (95% by default); None when
+    ``n`` is 0."""
+    if n <= 0:
+        return None
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # Clamp float noise at the ends (k = 0 or k = n give exactly 0 or 1).
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarize(comparisons: Iterable[ShadowComparison]) -> dict[str, Any]:
@@ -47,11 +51,11 @@ def summarize(comparisons: Iterable[ShadowComparison]) -> dict[str, Any]:
         live, shadow = set(item.live_categories), set(item.shadow_categories)
         gained.update(shadow - live)
         lost.update(live - shadow)
-    low, high = wilson(agree, total)
+    interval = wilson(agree, total)
     return {
         "events": total,
         "agreement": agree / total if total else None,
-        "agreement_95ci": [low, high],
+        "agreement_95ci": list(interval) if interval is not None else None,
         "versions": [
             {"live": live, "shadow": shadow, "events": n}
             for (live, shadow), n in sorted(by_version.items(), key=lambda kv: str(kv[0]))

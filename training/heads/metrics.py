@@ -16,7 +16,6 @@ percentile bootstrap over test images.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-Z95 = 1.959963984540054
+from consumer.moderation.shadow_report import wilson
+
 """The normal quantile of a two-sided 95% interval."""
 BLOCK_PRECISION_TARGET = 0.95
 BOOTSTRAP_DRAWS = 1000
@@ -48,20 +48,6 @@ class Estimate:
         if self.n is not None:
             found.update(k=self.k, n=self.n)
         return found
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval of ``k`` successes in ``n`` trials; None when ``n`` is 0."""
-    if n <= 0:
-        return None
-    if not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    p = k / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    # Clamp float noise at the ends (k = 0 or k = n give exactly 0 or 1).
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def proportion(k: int, n: int) -> Estimate:

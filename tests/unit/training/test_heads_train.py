@@ -17,6 +17,7 @@ import torch
 
 from consumer.cli import main as modstream
 from consumer.moderation.heads import HeadCategory
+from consumer.moderation.shadow_report import wilson
 from training.heads import metrics, report
 from training.heads.cli import TrainOptions, train_and_report
 from training.heads.cli import main as heads_main
@@ -243,14 +244,14 @@ def test_folds_keep_groups_together_and_hold_both_classes() -> None:
     ],
 )
 def test_wilson_interval_matches_known_values(k: int, n: int, low: float, high: float) -> None:
-    interval = metrics.wilson(k, n)
+    interval = wilson(k, n)
     assert interval is not None
     assert interval[0] == pytest.approx(low, abs=1e-5)
     assert interval[1] == pytest.approx(high, abs=1e-5)
 
 
 def test_wilson_interval_without_trials_is_none() -> None:
-    assert metrics.wilson(0, 0) is None
+    assert wilson(0, 0) is None
     assert metrics.proportion(0, 0).value is None
 
 
