@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         "--tenant", action="append", dest="tenants", help="tenant id; repeat to round-robin"
     )
     produce.add_argument("--count", type=int, help="events to publish (default: one per file)")
+    produce.add_argument(
+        "--raw",
+        action="store_true",
+        help="send raw-image records (the image as the value, event fields as headers)",
+    )
     produce.set_defaults(handler=_produce)
 
     demo = commands.add_parser("demo", help="run a self-contained demo on loopback")
@@ -200,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from consumer.produce import image_files, publish, round_robin_events
+    from consumer.produce import image_files, publish, round_robin_records
     from consumer.runtime.kafka import build_producer, start_producer
 
     settings = Settings()
@@ -210,15 +215,15 @@ def _produce(args: argparse.Namespace) -> int:
     )
     topic = args.topic or kafka.input_topic
     files = image_files(args.paths)
-    images = [path.read_bytes() for path in files]
     tenants = args.tenants or ["default"]
-    count = args.count or len(images)
+    count = args.count or len(files)
 
     async def go() -> None:
         producer = build_producer(kafka)
         await start_producer(producer, kafka.bootstrap_servers)
         try:
-            report = await publish(producer, topic, round_robin_events(images, tenants, count))
+            records = round_robin_records(files, tenants, count, raw=args.raw)
+            report = await publish(producer, topic, records)
         finally:
             await producer.stop()
         sys.stdout.write(

@@ -81,6 +81,18 @@ class ImageEvent(BaseModel):
         return self
 
 
+class RawImageEvent(ImageEvent):
+    """The event fields of a raw-image record: the record's value is the image itself, the
+    fields travel in headers (``consumer.contract.parse``). Validated exactly like an
+    ImageEvent's, but it carries neither ``image_b64`` nor ``image_url``."""
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> RawImageEvent:
+        if self.image_b64 is not None or self.image_url is not None:
+            raise ValueError("a raw-image record carries the image as its value, not in headers")
+        return self
+
+
 class Reason(BaseModel):
     """One rule that fired, with the numbers that made it fire."""
 

@@ -17,8 +17,13 @@ Headers = Sequence[tuple[str, bytes]]
 
 
 def carried(input_headers: Headers | None) -> list[tuple[str, bytes]]:
-    """The input's headers, minus any that claim to be ours."""
-    return [(k, v) for k, v in input_headers or () if not k.startswith(PREFIX)]
+    """The input's headers, minus any that claim to be ours and its content-type (an outcome
+    states its own: a raw-image record's ``image/*`` would mislabel a JSON decision)."""
+    return [
+        (k, v)
+        for k, v in input_headers or ()
+        if not k.startswith(PREFIX) and k.lower() != "content-type"
+    ]
 
 
 def decision_headers(input_headers: Headers | None, decision: Decision) -> list[tuple[str, bytes]]:

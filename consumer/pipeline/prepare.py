@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 
 from consumer.banks.store import pdq_hash
 from consumer.contract.events import ImageEvent
-from consumer.contract.parse import parse_event
+from consumer.contract.parse import parse_record
 from consumer.contract.reasons import ReasonCode
 from consumer.errors import EventRejected
 from consumer.imaging.decode import DecodedImage, ImageLimits, decode_base64, decode_image
@@ -52,9 +52,14 @@ class Preparer:
         event: ImageEvent | None = None
         started = time.perf_counter()
         try:
-            event = await loop.run_in_executor(self._executor, parse_event, record.value)
+            parsed = await loop.run_in_executor(
+                self._executor, parse_record, record.value, record.headers
+            )
+            event = parsed.event
             source: str | bytes
-            if event.image_b64 is not None:
+            if parsed.image is not None:
+                source = parsed.image
+            elif event.image_b64 is not None:
                 source = event.image_b64
             else:
                 source = await self._fetcher.fetch(str(event.image_url))
@@ -71,7 +76,8 @@ class Preparer:
         return Ready(event, image, pdq)
 
     def _decode(self, source: str | bytes) -> tuple[DecodedImage, bytes | None]:
-        """Decode inline base64 (``str``) or fetched bytes; add the PDQ hash when asked."""
+        """Decode inline base64 (``str``) or image bytes (fetched, or a raw-image record's
+        value); add the PDQ hash when asked."""
         data = decode_base64(source, self._limits) if isinstance(source, str) else source
         image = decode_image(data, self._input_size, self._limits)
         return image, _pdq_or_none(image) if self._with_pdq else None
