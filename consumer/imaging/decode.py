@@ -6,6 +6,12 @@ metrics can be grouped by a stable reason.
 
 Pillow's global settings (``MAX_IMAGE_PIXELS``, ``LOAD_TRUNCATED_IMAGES``) are left alone:
 limits come from ``ImageLimits`` and are checked on the header before pixels are decoded.
+
+Memory: a decode holds the encoded bytes and one full-size frame in the decoder's buffer
+(plus what some decoders keep besides, see ``decode_memory_bytes``); conversion and resizing
+work tile by tile on top of it (``consumer.imaging.frames``). ``ImageLimits.max_decode_bytes``
+caps that estimate per image, so the memory of the decode pool is bounded by settings
+(docs/memory.md).
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from consumer.contract.reasons import ReasonCode
 from consumer.errors import ImageRejected
-from consumer.runtime.settings import ImagingSettings
+from consumer.imaging.frames import SWAPS_AXES, TILE_OVERHEAD_BYTES, exif_orientation, frame_pixels
+from consumer.imaging.headers import declared_size, without_unused_png_text
+from consumer.runtime.settings import ImagingSettings, MiB
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +43,24 @@ warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
-# Fairly accurate resampling at a fraction of the cost for large non-JPEG sources: Pillow
-# box-reduces by an integer factor until the image is within 3x of the target, then
-# resamples. JPEGs are already reduced in the DCT domain by draft mode.
-_REDUCING_GAP = 3.0
-
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
-_WHITE = (255, 255, 255, 255)
 
-_ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+# Bytes per pixel of Pillow's frame buffer by mode; every mode not listed takes 4.
+_STORAGE_BYTES: dict[str, int] = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "I;16": 2,
+    "I;16L": 2,
+    "I;16B": 2,
+    "I;16N": 2,
 }
-_SWAPS_AXES = frozenset({5, 6, 7, 8})
+# Decoders that hold more than the frame buffer, in bytes per pixel on top of it: libwebp's
+# animation decoder keeps two RGBA canvases and hands Pillow a copy of the frame as bytes.
+_EXTRA_BYTES_PER_PIXEL: dict[str, int] = {"WEBP": 12}
+# Reaching a later frame of an animation: Pillow converts GIF frames after the first to RGB(A)
+# and keeps the previous frame to compose the next; APNG blends onto a copy of the previous.
+_ANIMATED_BYTES_PER_PIXEL: dict[str, int] = {"GIF": 13, "PNG": 12}
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,9 @@ class ImageLimits:
     """Frames classified per animated image (or pages per multi-page file), evenly spaced."""
     max_frames: int = 1000
     """Animated images with more frames than this are refused."""
+    max_decode_bytes: int = ImagingSettings.model_fields["max_decode_bytes"].default
+    """Images whose decode would need more memory than this (``decode_memory_bytes``) are
+    refused before their pixels are decoded."""
 
     @classmethod
     def from_settings(cls, settings: ImagingSettings) -> ImageLimits:
@@ -96,6 +105,7 @@ class ImageLimits:
             max_pixels=settings.max_pixels,
             sample_frames=settings.sample_frames,
             max_frames=settings.max_frames,
+            max_decode_bytes=settings.max_decode_bytes,
         )
 
 
@@ -149,17 +159,18 @@ def decode_image(data: bytes, size: int, limits: ImageLimits) -> DecodedImage:
             ReasonCode.IMAGE_TOO_LARGE,
             f"image is {len(data)} bytes, over the limit of {limits.max_bytes}",
         )
+    data = without_unused_png_text(data)
     try:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-            return _decode_opened(image, size, limits, started)
+            return _decode_opened(image, size, limits, started, len(data))
     except (ImageRejected, MemoryError):
-        # Pixels are capped before decoding, so running out of memory says more about the
-        # host than about this image: let it surface rather than dead-letter the event.
+        # Memory is capped before decoding, so running out of it says more about the host
+        # than about this image: let it surface rather than dead-letter the event.
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(
-            ReasonCode.IMAGE_TOO_MANY_PIXELS, f"image has too many pixels: {exc}"
-        ) from exc
+        # Pillow's own guard fired before ours could (it runs inside Image.open, or while
+        # seeking frames): restate it with the configured limit, not Pillow's.
+        raise _pillow_pixel_refusal(data, limits, exc) from exc
     except UnidentifiedImageError as exc:
         if data.startswith(_SUPPORTED_SIGNATURES):
             # The signature of a format we read, but Pillow could not even parse the header.
@@ -180,8 +191,36 @@ def decode_image(data: bytes, size: int, limits: ImageLimits) -> DecodedImage:
         ) from exc
 
 
+def _too_many_pixels(width: int, height: int, limits: ImageLimits) -> ImageRejected:
+    return ImageRejected(
+        ReasonCode.IMAGE_TOO_MANY_PIXELS,
+        f"image is {width}x{height} = {width * height} pixels, over the limit of "
+        f"{limits.max_pixels}",
+    )
+
+
+def _pillow_pixel_refusal(data: bytes, limits: ImageLimits, exc: Exception) -> ImageRejected:
+    size = declared_size(data, ALLOWED_FORMATS)
+    if size is None:
+        return ImageRejected(
+            ReasonCode.IMAGE_TOO_MANY_PIXELS,
+            f"image has too many pixels to decode (the limit is {limits.max_pixels}); the "
+            f"decoder reported: {exc}",
+        )
+    width, height = size
+    if width * height > limits.max_pixels:
+        return _too_many_pixels(width, height, limits)
+    # Declared within our limit, yet past Pillow's: frames that grow the canvas, oversized
+    # TIFF tiles, or MAX_PIXELS configured above Pillow's own guard.
+    return ImageRejected(
+        ReasonCode.IMAGE_TOO_MANY_PIXELS,
+        f"image declares {width}x{height} = {width * height} pixels, within the limit of "
+        f"{limits.max_pixels}, but decoding it needs more pixels than the decoder allows: {exc}",
+    )
+
+
 def _decode_opened(
-    image: Image.Image, size: int, limits: ImageLimits, started: float
+    image: Image.Image, size: int, limits: ImageLimits, started: float, data_bytes: int
 ) -> DecodedImage:
     source_format = image.format or "unknown"
     width, height = image.size
@@ -190,11 +229,7 @@ def _decode_opened(
             ReasonCode.IMAGE_CORRUPT, f"image declares an empty size {width}x{height}"
         )
     if width * height > limits.max_pixels:
-        raise ImageRejected(
-            ReasonCode.IMAGE_TOO_MANY_PIXELS,
-            f"image is {width}x{height} = {width * height} pixels, over the limit of "
-            f"{limits.max_pixels}",
-        )
+        raise _too_many_pixels(width, height, limits)
 
     source_frames = int(getattr(image, "n_frames", 1) or 1)
     if source_frames > limits.max_frames:
@@ -222,15 +257,24 @@ def _decode_opened(
         if drafted is not None and drafted[1][2] > 0:
             draft_scale = max(1, round(width / drafted[1][2]))
 
+    needed = decode_memory_bytes(image, source_format, animated=indices != [0], data=data_bytes)
+    if needed > limits.max_decode_bytes:
+        raise ImageRejected(
+            ReasonCode.IMAGE_TOO_MANY_PIXELS,
+            f"decoding this {width}x{height} {source_format} ({image.mode}) needs about "
+            f"{needed // MiB} MiB, over the per-image decode memory limit of "
+            f"{limits.max_decode_bytes // MiB} MiB (MODSTREAM_IMAGING__MAX_DECODE_BYTES)",
+        )
+
     image.load()
-    orientation = _orientation(image)
+    orientation = exif_orientation(image)
     frames = []
     for index in indices:
         if index:
             image.seek(index)
             image.load()
-        frames.append(_frame_pixels(image, size, orientation))
-    if orientation in _SWAPS_AXES:
+        frames.append(frame_pixels(image, size, orientation))
+    if orientation in SWAPS_AXES:
         width, height = height, width
     stacked = np.ascontiguousarray(np.stack(frames))
     return DecodedImage(
@@ -245,89 +289,30 @@ def _decode_opened(
     )
 
 
+def decode_memory_bytes(
+    image: Image.Image, source_format: str, *, animated: bool, data: int
+) -> int:
+    """An upper estimate of the memory ``decode_image`` needs for an opened image.
+
+    The decoder holds the whole frame in Pillow's buffer (1, 2 or 4 bytes a pixel by mode,
+    after JPEG draft scaling); some decoders hold more copies (``_EXTRA_BYTES_PER_PIXEL``,
+    measured by tests/unit/imaging/test_decode_memory.py). Everything after the frame
+    buffer works on tiles, a bounded amount. ``data`` is the size of the encoded bytes.
+    """
+    width, height = image.size
+    per_pixel = _STORAGE_BYTES.get(image.mode, 4)
+    if animated:
+        per_pixel = max(per_pixel, _ANIMATED_BYTES_PER_PIXEL.get(source_format, per_pixel))
+    per_pixel += _EXTRA_BYTES_PER_PIXEL.get(source_format, 0)
+    return width * height * per_pixel + TILE_OVERHEAD_BYTES + data
+
+
 def sample_indices(frames: int, wanted: int) -> list[int]:
     """Up to ``wanted`` distinct frame indices, evenly spaced, always the first and last."""
     if frames <= 1 or wanted <= 1:
         return [0]
     count = min(frames, wanted)
     return sorted({round(i * (frames - 1) / (count - 1)) for i in range(count)})
-
-
-def _frame_pixels(image: Image.Image, size: int, orientation: int) -> npt.NDArray[np.uint8]:
-    resized = _to_rgb_or_rgba(image).resize(
-        (size, size), Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP
-    )
-    if resized.mode == "RGBA":
-        background = Image.new("RGBA", resized.size, _WHITE)
-        resized = Image.alpha_composite(background, resized).convert("RGB")
-    # Orientation is applied to the small output, not the source: for a square target,
-    # stretching then rotating equals rotating then stretching, and costs far less.
-    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
-    if transpose is not None:
-        resized = resized.transpose(transpose)
-    pixels = np.asarray(resized, dtype=np.uint8)
-    if pixels.shape != (size, size, 3):
-        raise ImageRejected(
-            ReasonCode.IMAGE_CORRUPT, f"decoded to an unexpected pixel layout {pixels.shape}"
-        )
-    return pixels
-
-
-def _orientation(image: Image.Image) -> int:
-    """EXIF (or XMP) orientation, 1 when absent or unreadable."""
-    try:
-        value = image.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:
-        # Broken metadata is common in otherwise good photos; the pixels still decode.
-        logger.debug("ignoring unreadable EXIF orientation", exc_info=True)
-        return 1
-    return value if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE else 1
-
-
-def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
-    """Convert any decoded mode to RGB, or RGBA when the image has transparency."""
-    mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-        gray = _high_depth_to_uint8(np.asarray(image))
-        return Image.fromarray(gray).convert("RGB")
-    if mode in _ALPHA_MODES or "transparency" in image.info:
-        return image if mode == "RGBA" else image.convert("RGBA")
-    if mode == "RGB":
-        return image
-    try:
-        return image.convert("RGB")
-    except ValueError as exc:
-        raise ImageRejected(
-            ReasonCode.IMAGE_UNSUPPORTED_FORMAT, f"pixel mode {mode} cannot be converted to RGB"
-        ) from exc
-
-
-def _high_depth_to_uint8(values: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
-    """Map 16-bit, 32-bit integer or float gray levels onto 0..255 without clipping.
-
-    16-bit samples are scaled by their nominal range, which keeps brightness. Pillow gives
-    32-bit integer ("I") images no nominal range, so their values decide: 0..255 is taken
-    as 8-bit, 0..65535 as 16-bit, anything else is stretched from its minimum to its
-    maximum. Floats in 0..1 are scaled by 255, other floats stretched.
-    """
-    as_float = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    low = float(as_float.min()) if as_float.size else 0.0
-    high = float(as_float.max()) if as_float.size else 0.0
-    kind = values.dtype.kind
-    if kind == "u" and values.dtype.itemsize == 2:
-        scaled = as_float / 257.0
-    elif kind in "iu" and low >= 0 and high <= 255:
-        scaled = as_float
-    elif kind in "iu" and low >= 0 and high <= 65535:
-        scaled = as_float / 257.0
-    elif kind == "f" and low >= 0 and high <= 1:
-        scaled = as_float * 255.0
-    elif high > low:
-        scaled = (as_float - low) * (255.0 / (high - low))
-    else:
-        scaled = np.zeros_like(as_float)
-    gray: npt.NDArray[np.uint8] = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    return gray
 
 
 _SUPPORTED_SIGNATURES = (

@@ -50,7 +50,7 @@ class EgressPolicy:
         self._allowed = tuple(allowed)
 
     def check(self, address: IPAddress, host: str) -> None:
-        """Raise ImageRejected(ReasonCode.IMAGE_URL_BLOCKED) unless ``address`` may be connected to."""
+        """Raise ImageRejected(``image_url_blocked``) unless ``address`` may be connected to."""
         mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
         effective: IPAddress = mapped if mapped is not None else address
         if any(effective in network for network in self._allowed):

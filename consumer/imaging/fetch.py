@@ -15,14 +15,19 @@ import httpx
 from consumer.contract.reasons import ReasonCode
 from consumer.errors import ImageRejected
 from consumer.imaging.egress import EgressPolicy, GuardedTransport, parse_networks
+from consumer.runtime.retry import RetryPolicy, image_fetch_policy, is_retriable
 from consumer.runtime.settings import ImagingSettings
 
 logger = logging.getLogger(__name__)
 
 _FETCH_SCHEMES = frozenset({"http", "https"})
-_TRANSIENT_FETCH_CODES = frozenset(
-    {ReasonCode.IMAGE_FETCH_TIMEOUT, ReasonCode.IMAGE_FETCH_FAILED, ReasonCode.IMAGE_FETCH_HTTP_5XX}
-)
+
+
+def _transient(code: ReasonCode, message: str) -> ImageRejected:
+    """A rejection that trying again may cure: a timeout, an unreachable host, a 5xx."""
+    rejection = ImageRejected(code, message)
+    rejection.retriable = True
+    return rejection
 
 
 def _redacted(url: httpx.URL) -> str:
@@ -31,34 +36,34 @@ def _redacted(url: httpx.URL) -> str:
 
 
 class ImageFetcher:
-    """Download image bytes over HTTP(S) with timeouts, a byte cap and checked redirects.
+    """Download image bytes over HTTP(S) with a deadline, a byte cap and checked redirects.
 
-    Timeouts, connection errors and 5xx answers are retried ``retries`` times with
-    exponential backoff; when they persist the ``ImageRejected`` is raised like any other and
-    the event is dead-lettered. The whole transfer of one attempt, redirects included, must
-    finish within the connect plus read timeouts, so a server that drips bytes cannot hold a
-    worker.
+    Each ``fetch`` has one overall deadline (``fetch_deadline_s``): every attempt, redirect,
+    wait for a connection and backoff together, so a server that drips bytes holds the
+    event for that long at most. Within it, timeouts, connection errors and 5xx answers are
+    tried again (``fetch_attempts`` in all) as ``consumer.runtime.retry.image_fetch_policy``
+    says; when they persist the ``ImageRejected`` is raised like any other and the event is
+    dead-lettered.
     """
 
     def __init__(
         self,
         settings: ImagingSettings,
         *,
-        retries: int = 2,
-        retry_backoff_s: float = 0.1,
         transport: httpx.AsyncBaseTransport | None = None,
+        policy: RetryPolicy | None = None,
     ) -> None:
         self._max_bytes = settings.max_image_bytes
         self._max_redirects = settings.fetch_max_redirects
-        self._attempt_deadline_s = settings.fetch_connect_timeout_s + settings.fetch_read_timeout_s
-        self._retries = retries
-        self._retry_backoff_s = retry_backoff_s
+        self._policy = policy if policy is not None else image_fetch_policy(settings)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=settings.fetch_connect_timeout_s,
                 read=settings.fetch_read_timeout_s,
                 write=settings.fetch_read_timeout_s,
-                pool=settings.fetch_connect_timeout_s,
+                # Waiting for a free connection is bounded by the fetch deadline instead: a
+                # pool timeout would spend an attempt without reaching the server.
+                pool=None,
             ),
             follow_redirects=False,
             # Images are compressed already; asking for identity keeps the byte cap honest.
@@ -91,36 +96,38 @@ class ImageFetcher:
 
         Raises ImageRejected: ``image_url_invalid``, ``image_url_scheme``,
         ``image_fetch_redirects``, ``image_fetch_http_4xx``, ``image_fetch_http_5xx``,
-        ``image_fetch_timeout``, ``image_fetch_failed``, ``image_too_large`` or
-        ``image_url_blocked`` (a host that is not public, see ``consumer.imaging.egress``).
+        ``image_fetch_timeout`` (including the overall deadline), ``image_fetch_failed``,
+        ``image_too_large`` or ``image_url_blocked`` (a host that is not public, see
+        ``consumer.imaging.egress``).
         """
         target = self._parse(url)
-        attempt = 0
+        attempts = self._policy.begin()
         while True:
             try:
-                async with asyncio.timeout(self._attempt_deadline_s):
+                async with asyncio.timeout(attempts.remaining_s()):
                     return await self._fetch_once(target)
             except TimeoutError as exc:
-                rejection = ImageRejected(
+                deadline = self._policy.deadline_s
+                raise ImageRejected(
                     ReasonCode.IMAGE_FETCH_TIMEOUT,
-                    f"fetching {_redacted(target)} took longer than {self._attempt_deadline_s}s",
-                )
-                rejection.__cause__ = exc
+                    f"fetching {_redacted(target)} did not finish within the fetch deadline "
+                    f"of {deadline}s ({attempts.attempt} attempt(s))",
+                ) from exc
             except ImageRejected as exc:
-                rejection = exc
-            if rejection.code not in _TRANSIENT_FETCH_CODES or attempt >= self._retries:
-                raise rejection
-            delay = self._retry_backoff_s * 2**attempt
-            attempt += 1
-            logger.info(
-                "retrying image fetch from %s in %.2fs after %s (attempt %d of %d)",
-                target.host,
-                delay,
-                rejection.code,
-                attempt,
-                self._retries,
-            )
-            await asyncio.sleep(delay)
+                if not is_retriable(exc):
+                    raise
+                delay = attempts.next_delay()
+                if delay is None:
+                    raise
+                logger.info(
+                    "retrying image fetch from %s in %.2fs after %s (attempt %d of %s)",
+                    target.host,
+                    delay,
+                    exc.code,
+                    attempts.attempt,
+                    self._policy.max_attempts or "unbounded",
+                )
+                await asyncio.sleep(delay)
 
     def _parse(self, url: str) -> httpx.URL:
         try:
@@ -152,28 +159,23 @@ class ImageFetcher:
             try:
                 response = await self._client.send(request, stream=True)
             except httpx.TimeoutException as exc:
-                raise ImageRejected(
+                raise _transient(
                     ReasonCode.IMAGE_FETCH_TIMEOUT,
                     f"timed out fetching {_redacted(request.url)}: {exc!r}",
                 ) from exc
             except httpx.HTTPError as exc:
-                raise ImageRejected(
+                raise _transient(
                     ReasonCode.IMAGE_FETCH_FAILED, f"cannot fetch {_redacted(request.url)}: {exc!r}"
                 ) from exc
             try:
                 if response.next_request is not None:
                     request = response.next_request
                     continue
+                answer = f"{_redacted(request.url)} answered HTTP {response.status_code}"
+                if response.status_code >= 500:
+                    raise _transient(ReasonCode.IMAGE_FETCH_HTTP_5XX, answer)
                 if response.status_code >= 400:
-                    status_code = (
-                        ReasonCode.IMAGE_FETCH_HTTP_4XX
-                        if response.status_code < 500
-                        else ReasonCode.IMAGE_FETCH_HTTP_5XX
-                    )
-                    raise ImageRejected(
-                        status_code,
-                        f"{_redacted(request.url)} answered HTTP {response.status_code}",
-                    )
+                    raise ImageRejected(ReasonCode.IMAGE_FETCH_HTTP_4XX, answer)
                 return await self._read_capped(response)
             finally:
                 await response.aclose()
@@ -200,12 +202,12 @@ class ImageFetcher:
                         f"{_redacted(response.url)} sent more than {self._max_bytes} bytes",
                     )
         except httpx.TimeoutException as exc:
-            raise ImageRejected(
+            raise _transient(
                 ReasonCode.IMAGE_FETCH_TIMEOUT,
                 f"timed out reading {_redacted(response.url)}: {exc!r}",
             ) from exc
         except httpx.HTTPError as exc:
-            raise ImageRejected(
+            raise _transient(
                 ReasonCode.IMAGE_FETCH_FAILED, f"cannot read {_redacted(response.url)}: {exc!r}"
             ) from exc
         return bytes(body)

@@ -87,6 +87,12 @@ class ImagingSettings(_Section):
     sample_frames: int = Field(default=4, ge=1, le=32)
     max_frames: int = Field(default=1000, ge=1)
     decode_workers: int = Field(default=2, ge=1)
+    # Memory one decode may need (frame buffer and decoder copies, estimated from the header
+    # before any pixel is decoded); larger images are refused as image_too_many_pixels.
+    # decode_workers x this bounds the decode pool's memory (docs/memory.md). The default
+    # admits JPEGs, gray and 16-bit images up to max_pixels, other still images up to about
+    # 49 MP, WebP up to about 12 MP.
+    max_decode_bytes: int = Field(default=256 * MiB, ge=64 * MiB)
     fetch_connect_timeout_s: float = Field(default=2.0, gt=0)
     fetch_read_timeout_s: float = Field(default=10.0, gt=0)
     fetch_max_redirects: int = Field(default=3, ge=0)
@@ -112,7 +118,9 @@ class FlowSettings(_Section):
     """Bounds on work held in memory; past them the consumer pauses its partitions."""
 
     max_inflight_events: int = Field(default=1000, ge=1)
-    max_inflight_bytes: int = Field(default=256 * MiB, ge=MiB)
+    # Record bytes read but not yet decided. Each costs up to 2.5 bytes of memory (the
+    # record, the event parsed from it, a dead letter carrying it back): docs/memory.md.
+    max_inflight_bytes: int = Field(default=64 * MiB, ge=MiB)
     drain_timeout_s: float = Field(default=20.0, ge=0)
     # On a rebalance, how long in-flight work of revoked partitions may finish and be
     # committed before they are handed over (the group's rebalance waits this long at most).

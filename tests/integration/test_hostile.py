@@ -14,8 +14,9 @@ from bench.audit import audit, read_to_end
 from bench.local.process import proc_status_kib
 from bench.local.tansu import TansuBroker, ensure_topics
 from bench.local.triton import TritonServer
+from bench.memory import ALLOCATOR_ENV
 from tests.integration.test_pipeline import PARTITIONS, make_settings, output_topics, wait_committed
-from tests.support.hostile import MAX_IMAGE_BYTES, MAX_PIXELS, hostile_events
+from tests.support.hostile import MAX_DECODE_BYTES, MAX_IMAGE_BYTES, MAX_PIXELS, hostile_events
 from tests.support.kafka_io import ends_of, produce_positions
 from tests.support.processes import ConsumerProcess, consumer_env
 
@@ -51,10 +52,17 @@ async def hostile_run(
     expected = {position: code for position, (_, code) in zip(positions, corpus, strict=True)}
     ends = ends_of(positions)
 
-    env = consumer_env(settings) | {
-        "MODSTREAM_IMAGING__MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
-        "MODSTREAM_IMAGING__MAX_PIXELS": str(MAX_PIXELS),
-    }
+    # With the allocator settings of the deployment: glibc's default keeps freed frame buffers
+    # resident and the peak then varies by 300 MB from run to run (bench/memory.py).
+    env = (
+        consumer_env(settings)
+        | ALLOCATOR_ENV
+        | {
+            "MODSTREAM_IMAGING__MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
+            "MODSTREAM_IMAGING__MAX_PIXELS": str(MAX_PIXELS),
+            "MODSTREAM_IMAGING__MAX_DECODE_BYTES": str(MAX_DECODE_BYTES),
+        }
+    )
     member = ConsumerProcess(env, work / "consumer.log")
     await member.start()
     try:

@@ -23,6 +23,7 @@ from PIL import Image
 
 MAX_IMAGE_BYTES = 64 * 1024
 MAX_PIXELS = 4_000_000
+MAX_DECODE_BYTES = 64 * 1024 * 1024
 
 Hostile = tuple[bytes | None, str]
 """(record value, expected reason code)."""
@@ -81,6 +82,16 @@ def _gif_bomb(rng: random.Random) -> bytes:
     return screen + frame + b"\x02\x02\x44\x01\x00\x3b"
 
 
+def _webp_decode_bomb(rng: random.Random) -> bytes:
+    """A few kB of lossless WebP within the pixel cap whose decode needs more than
+    MAX_DECODE_BYTES: libwebp holds about 16 bytes a pixel (two canvases and a copy)."""
+    side = rng.randint(1_100, 2_000)
+    out = io.BytesIO()
+    colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+    Image.new("RGB", (side, side), colour).save(out, "WEBP", lossless=True)
+    return out.getvalue()
+
+
 def _unsupported(rng: random.Random) -> bytes:
     choices = [
         b"%PDF-1.7\n" + rng.randbytes(rng.randint(10, 500)),
@@ -123,6 +134,7 @@ def _kinds() -> list[Callable[[random.Random], Hostile]]:
         lambda rng: (_inline(rng, b"\x89PNG\r\n\x1a\n" + rng.randbytes(100)), "image_corrupt"),
         lambda rng: (_inline(rng, _png_bomb(rng)), "image_too_many_pixels"),
         lambda rng: (_inline(rng, _gif_bomb(rng)), "image_too_many_pixels"),
+        lambda rng: (_inline(rng, _webp_decode_bomb(rng)), "image_too_many_pixels"),
         lambda rng: (_inline(rng, _unsupported(rng)), "image_unsupported_format"),
         lambda rng: (
             _inline(rng, b"\xff\xd8\xff" + rng.randbytes(MAX_IMAGE_BYTES + rng.randint(1, 9999))),

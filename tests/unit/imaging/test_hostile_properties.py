@@ -7,9 +7,17 @@ from hypothesis import HealthCheck, given, settings
 from consumer.contract.parse import parse_event
 from consumer.errors import EventRejected
 from consumer.imaging.decode import ImageLimits, decode_base64, decode_image
-from tests.support.hostile import MAX_IMAGE_BYTES, MAX_PIXELS, Hostile, hostile_event
+from tests.support.hostile import (
+    MAX_DECODE_BYTES,
+    MAX_IMAGE_BYTES,
+    MAX_PIXELS,
+    Hostile,
+    hostile_event,
+)
 
-LIMITS = ImageLimits(max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS)
+LIMITS = ImageLimits(
+    max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS, max_decode_bytes=MAX_DECODE_BYTES
+)
 
 
 def _rejection(value: bytes | None) -> str:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import struct
-import threading
 import time
 import zlib
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -19,18 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from bench.local.process import free_port
 from consumer.contract.reasons import ReasonCode
 from consumer.errors import ImageRejected
 from consumer.imaging.decode import (
+    ALLOWED_FORMATS,
     DecodedImage,
     ImageLimits,
     decode_base64,
     decode_image,
+    decode_memory_bytes,
     sample_indices,
 )
-from consumer.imaging.fetch import ImageFetcher
-from consumer.runtime.settings import ImagingSettings
+from consumer.imaging.headers import MAX_PNG_TEXT_BYTES, declared_size, without_unused_png_text
+from consumer.runtime.settings import ImagingSettings, MiB
 
 SIZE = 224
 LIMITS = ImageLimits(max_bytes=32 * 1024 * 1024, max_pixels=64_000_000)
@@ -371,6 +370,35 @@ def test_huge_declared_png_is_refused_from_the_header() -> None:
 
 
 @pytest.mark.parametrize(
+    ("data", "declared"),
+    [
+        (png_with_header(100_000, 100_000), "100000x100000 = 10000000000 pixels"),
+        (png_with_header(12_000, 12_000), "12000x12000 = 144000000 pixels"),
+        (png_with_header(9_000, 8_000), "9000x8000 = 72000000 pixels"),
+    ],
+)
+def test_pixel_refusal_states_the_configured_limit_and_the_declared_size(
+    data: bytes, declared: str
+) -> None:
+    # Past twice Pillow's own guard, past it, and under it: the first two are stopped inside
+    # Image.open, before our check; the text must not quote Pillow's internal limits.
+    with pytest.raises(ImageRejected) as info:
+        decode_image(data, SIZE, LIMITS)
+    assert info.value.code == "image_too_many_pixels"
+    assert info.value.message == f"image is {declared}, over the limit of {LIMITS.max_pixels}"
+    assert "178956970" not in info.value.message  # Pillow's own limit, as reported
+
+
+def test_declared_size_reads_the_header_past_pillows_guard() -> None:
+    def declared(data: bytes) -> tuple[int, int] | None:
+        return declared_size(data, ALLOWED_FORMATS)
+
+    assert declared(png_with_header(100_000, 90_000)) == (100_000, 90_000)
+    assert declared(encode(Image.new("RGB", (40, 30)), "GIF")) == (40, 30)
+    assert declared(b"not an image") is None
+
+
+@pytest.mark.parametrize(
     "warning_action",
     [
         pytest.param(
@@ -405,6 +433,8 @@ def test_bytes_over_the_cap() -> None:
 def test_limits_from_settings() -> None:
     limits = ImageLimits.from_settings(ImagingSettings(max_image_bytes=5000, max_pixels=77))
     assert limits == ImageLimits(max_bytes=5000, max_pixels=77)
+    custom = ImagingSettings(max_decode_bytes=100 * MiB)
+    assert ImageLimits.from_settings(custom).max_decode_bytes == 100 * MiB
 
 
 def test_rejections_chain_the_pillow_error() -> None:
@@ -494,237 +524,144 @@ def test_damaged_images_only_raise_image_rejected(
         assert outcome.pixels.shape == (32, 32, 3)
 
 
-# --- fetching ---------------------------------------------------------------------------
-
-IMAGE = encode(Image.new("RGB", (16, 16), RED), "PNG")
-CAP = 256 * 1024
-STREAM_TOTAL = 64 * 1024 * 1024
+# --- metadata chunks ----------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.hits: Counter[str] = Counter()
-        self.streamed = 0
-        self.stream_done = threading.Event()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        path = self.path
-        self.server.hits[path.split("?")[0]] += 1
-        if path == "/set-cookie":
-            self._reply(302, headers={"Location": "/echo-cookie", "Set-Cookie": "session=abc"})
-        elif path == "/echo-cookie":
-            self._reply(200, self.headers.get("Cookie", "").encode())
-        elif path.startswith("/image.png"):
-            self._reply(200, IMAGE, {"Content-Type": "image/png"})
-        elif path == "/missing":
-            self._reply(404, b"no")
-        elif path == "/unavailable":
-            self._reply(503, b"later")
-        elif path.startswith("/hop/"):
-            remaining = int(path.rsplit("/", 1)[1])
-            target = f"/hop/{remaining - 1}" if remaining > 1 else "/image.png"
-            self._reply(302, headers={"Location": target})
-        elif path == "/to-ftp":
-            self._reply(302, headers={"Location": "ftp://127.0.0.1/image.png"})
-        elif path == "/to-metadata":
-            self._reply(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
-        elif path == "/declared-huge":
-            self.send_response(200)
-            self.send_header("Content-Length", str(10**9))
-            self.end_headers()
-        elif path == "/stream":
-            self._stream()
-        elif path == "/slow":
-            time.sleep(1.5)
-            self._reply(200, IMAGE)
-        elif path == "/drip":
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            try:
-                for _ in range(1000):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.05)
-            except OSError:
-                pass
-        else:
-            self._reply(500, b"unknown route")
-
-    def _stream(self) -> None:
-        # No Content-Length: the body ends when the connection closes.
-        self.send_response(200)
-        self.send_header("Connection", "close")
-        self.end_headers()
-        chunk = b"\0" * 65536
-        try:
-            while self.server.streamed < STREAM_TOTAL:
-                self.wfile.write(chunk)
-                self.server.streamed += len(chunk)
-        except OSError:
-            pass
-        finally:
-            self.server.stream_done.set()
+def with_chunks(png: bytes, *chunks: bytes) -> bytes:
+    """``png`` with ``chunks`` inserted right after IHDR (before the pixels)."""
+    after_ihdr = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    return png[:after_ihdr] + b"".join(chunks) + png[after_ihdr:]
 
 
-@pytest.fixture
-def server() -> Iterator[_Server]:
-    httpd = _Server()
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+def ztxt(keyword: bytes, text: bytes) -> bytes:
+    return png_chunk(b"zTXt", keyword + b"\0\0" + zlib.compress(text, 9))
 
 
-FETCH_SETTINGS = ImagingSettings(
-    max_image_bytes=CAP,
-    fetch_connect_timeout_s=0.5,
-    fetch_read_timeout_s=0.3,
-    fetch_max_redirects=2,
-    fetch_allow_networks=["127.0.0.1/32"],
-)
+def itxt(keyword: bytes, text: bytes, *, compressed: bool) -> bytes:
+    body = zlib.compress(text, 9) if compressed else text
+    return png_chunk(b"iTXt", keyword + b"\0" + bytes([int(compressed), 0]) + b"\0\0" + body)
 
 
-@pytest.fixture
-async def fetcher() -> AsyncIterator[ImageFetcher]:
-    async with ImageFetcher(FETCH_SETTINGS, retry_backoff_s=0.01) as client:
-        yield client
-
-
-async def fetch_code(fetcher: ImageFetcher, url: str) -> str:
-    with pytest.raises(ImageRejected) as info:
-        await fetcher.fetch(url)
-    assert info.value.code in set(ReasonCode)
-    return info.value.code
-
-
-async def test_fetch_ok(server: _Server, fetcher: ImageFetcher) -> None:
-    data = await fetcher.fetch(f"{server.base}/image.png")
-    assert data == IMAGE
-    assert decode_image(data, SIZE, LIMITS).pixels.shape == (SIZE, SIZE, 3)
-
-
-async def test_fetch_404_is_not_retried(server: _Server, fetcher: ImageFetcher) -> None:
-    assert await fetch_code(fetcher, f"{server.base}/missing") == "image_fetch_http_4xx"
-    assert server.hits["/missing"] == 1
-
-
-async def test_fetch_5xx_is_retried_then_rejected(server: _Server, fetcher: ImageFetcher) -> None:
-    assert await fetch_code(fetcher, f"{server.base}/unavailable") == "image_fetch_http_5xx"
-    assert server.hits["/unavailable"] == 3
-
-
-async def test_redirects_within_the_limit(server: _Server, fetcher: ImageFetcher) -> None:
-    assert await fetcher.fetch(f"{server.base}/hop/2") == IMAGE
-
-
-async def test_redirects_over_the_limit(server: _Server, fetcher: ImageFetcher) -> None:
-    assert await fetch_code(fetcher, f"{server.base}/hop/3") == "image_fetch_redirects"
-    assert server.hits["/image.png"] == 0
-
-
-async def test_no_redirects_allowed(server: _Server) -> None:
-    settings = FETCH_SETTINGS.model_copy(update={"fetch_max_redirects": 0})
-    async with ImageFetcher(settings) as fetcher:
-        assert await fetch_code(fetcher, f"{server.base}/hop/1") == "image_fetch_redirects"
-
-
-async def test_redirect_to_another_scheme_is_refused(
-    server: _Server, fetcher: ImageFetcher
-) -> None:
-    assert await fetch_code(fetcher, f"{server.base}/to-ftp") == "image_url_scheme"
-
-
-@pytest.mark.parametrize("url", ["ftp://127.0.0.1/x.png", "file:///etc/passwd", "/relative.png"])
-async def test_only_http_and_https(fetcher: ImageFetcher, url: str) -> None:
-    assert await fetch_code(fetcher, url) == "image_url_scheme"
-
-
-@pytest.mark.parametrize("url", ["http://", "http://[::1/x"])
-async def test_unusable_url(fetcher: ImageFetcher, url: str) -> None:
-    assert await fetch_code(fetcher, url) == "image_url_invalid"
-
-
-async def test_declared_length_over_the_cap(server: _Server, fetcher: ImageFetcher) -> None:
-    assert await fetch_code(fetcher, f"{server.base}/declared-huge") == "image_too_large"
-
-
-async def test_streamed_body_stops_at_the_cap(server: _Server, fetcher: ImageFetcher) -> None:
-    assert await fetch_code(fetcher, f"{server.base}/stream") == "image_too_large"
-    assert server.stream_done.wait(timeout=5)
-    # The server stopped because we hung up, long before sending everything.
-    assert server.streamed < STREAM_TOTAL // 4
-
-
-async def test_slow_server_times_out(server: _Server) -> None:
-    async with ImageFetcher(FETCH_SETTINGS, retries=0) as fetcher:
-        started = time.perf_counter()
-        assert await fetch_code(fetcher, f"{server.base}/slow") == "image_fetch_timeout"
-        assert time.perf_counter() - started < 1.2
-
-
-async def test_dripping_server_hits_the_attempt_deadline(server: _Server) -> None:
-    async with ImageFetcher(FETCH_SETTINGS, retries=0) as fetcher:
-        started = time.perf_counter()
-        assert await fetch_code(fetcher, f"{server.base}/drip") == "image_fetch_timeout"
-        assert time.perf_counter() - started < 1.5
-
-
-async def test_connection_refused(fetcher: ImageFetcher) -> None:
-    assert (
-        await fetch_code(fetcher, f"http://127.0.0.1:{free_port()}/x.png") == "image_fetch_failed"
+def xmp(orientation: int) -> bytes:
+    return (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description '
+        b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="'
+        + str(orientation).encode()
+        + b'"/></rdf:RDF></x:xmpmeta>'
     )
 
 
-async def test_loopback_is_refused_unless_allowed(server: _Server) -> None:
-    settings = FETCH_SETTINGS.model_copy(update={"fetch_allow_networks": []})
-    async with ImageFetcher(settings, retries=0) as fetcher:
-        assert await fetch_code(fetcher, f"{server.base}/image.png") == "image_url_blocked"
-        assert await fetch_code(fetcher, f"http://localhost:{server.server_port}/image.png") == (
-            "image_url_blocked"
-        )
-    assert server.hits["/image.png"] == 0
+RED_BLUE = encode(halves("RGB", RED, BLUE, size=(200, 100)), "PNG")
 
 
-async def test_redirect_to_a_private_address_is_refused(server: _Server) -> None:
-    async with ImageFetcher(FETCH_SETTINGS, retries=0) as fetcher:
-        code = await fetch_code(fetcher, f"{server.base}/to-metadata")
-    assert code == "image_url_blocked"
+@functools.cache
+def caption() -> bytes:
+    """Random text compresses to about its own size: a 5 MB compressed chunk, as reported."""
+    return np.random.default_rng(3).integers(0, 256, 5_000_000, dtype=np.uint8).tobytes()
 
 
-async def test_messages_do_not_leak_query_strings(server: _Server, fetcher: ImageFetcher) -> None:
+# Built when the test runs, not at collection: compressing them takes a moment.
+TEXT_CHUNKS: dict[str, Callable[[], bytes]] = {
+    "5MB-zTXt": lambda: ztxt(b"Comment", caption()),
+    "5MB-iTXt": lambda: itxt(b"Description", caption(), compressed=True),
+    "5MB-tEXt": lambda: png_chunk(b"tEXt", b"Comment\0" + caption()),
+    # 50 MB of text in 50 kB: far past any bound on inflated text.
+    "zip-bomb-zTXt": lambda: ztxt(b"Comment", b"\0" * 50_000_000),
+    "zip-bomb-XMP": lambda: itxt(b"XML:com.adobe.xmp", b" " * 50_000_000, compressed=True),
+}
+
+
+@pytest.mark.parametrize("name", TEXT_CHUNKS)
+def test_large_text_chunks_do_not_make_a_png_undecidable(name: str) -> None:
+    data = with_chunks(RED_BLUE, TEXT_CHUNKS[name]())
+    assert len(data) <= LIMITS.max_bytes
+
+    started = time.perf_counter()
+    decoded = decode_image(data, SIZE, LIMITS)
+
+    assert time.perf_counter() - started < 2
+    plain = decode_image(RED_BLUE, SIZE, LIMITS)
+    assert np.array_equal(decoded.pixels, plain.pixels)
+    assert (decoded.source_width, decoded.source_height) == (200, 100)
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        itxt(b"XML:com.adobe.xmp", xmp(6), compressed=False),
+        itxt(b"XML:com.adobe.xmp", xmp(6), compressed=True),
+    ],
+)
+def test_xmp_orientation_in_a_png_text_chunk_is_still_applied(chunk: bytes) -> None:
+    data = with_chunks(RED_BLUE, ztxt(b"Comment", caption()), chunk)
+
+    decoded = decode_image(data, SIZE, LIMITS)
+
+    assert (decoded.source_width, decoded.source_height) == (100, 200)
+    # Rotated 90 degrees clockwise: red (left) is now on top.
+    assert_close(decoded.pixels[5, SIZE // 2], RED, 0)
+    assert_close(decoded.pixels[SIZE - 5, SIZE // 2], BLUE, 0)
+
+
+def test_only_unused_text_chunks_are_dropped() -> None:
+    kept = itxt(b"XML:com.adobe.xmp", xmp(3), compressed=True)
+    oversized = itxt(b"XML:com.adobe.xmp", b" " * (MAX_PNG_TEXT_BYTES + 1), compressed=True)
+    data = with_chunks(RED_BLUE, png_chunk(b"tEXt", b"Author\0me"), kept, oversized)
+
+    stripped = without_unused_png_text(data)
+
+    assert stripped == with_chunks(RED_BLUE, kept)
+    assert without_unused_png_text(RED_BLUE) is RED_BLUE
+    truncated = data[: len(data) // 2]
+    assert without_unused_png_text(truncated).startswith(RED_BLUE[:33])
+
+
+def test_a_corrupt_png_with_text_is_still_corrupt() -> None:
+    data = with_chunks(RED_BLUE, ztxt(b"Comment", caption()))
+    assert rejection_code(data[: len(data) - 60]) == "image_corrupt"
+
+
+# --- decode memory --------------------------------------------------------------------------
+
+
+def test_an_image_whose_decode_needs_more_memory_than_allowed_is_refused() -> None:
+    # 2.5 kB of WebP that libwebp decodes through 16 bytes a pixel: about 1 GB.
+    data = encode(Image.new("RGB", (8000, 8000), BLUE), "WEBP", lossless=True)
+    assert len(data) < 10_000
+
     with pytest.raises(ImageRejected) as info:
-        await fetcher.fetch(f"{server.base}/missing?X-Amz-Signature=secret")
-    assert "secret" not in info.value.message
+        decode_image(data, SIZE, LIMITS)
+
+    assert info.value.code == "image_too_many_pixels"
+    assert "decode memory limit" in info.value.message
+    assert f"{LIMITS.max_decode_bytes // MiB} MiB" in info.value.message
 
 
-async def test_cookies_are_not_kept(server: _Server, fetcher: ImageFetcher) -> None:
-    assert await fetcher.fetch(f"{server.base}/set-cookie") == b""
-    assert await fetcher.fetch(f"{server.base}/echo-cookie") == b""
+@pytest.mark.parametrize(
+    ("fmt", "mode", "size", "admitted"),
+    [
+        ("JPEG", "RGB", (8000, 8000), True),  # drafted: decoded at 1/8 scale
+        ("PNG", "L", (8000, 8000), True),
+        ("PNG", "I;16", (8000, 8000), True),
+        ("PNG", "RGB", (8000, 5800), True),
+        ("TIFF", "CMYK", (8000, 5800), True),
+        ("PNG", "RGBA", (8000, 8000), False),
+        ("WEBP", "RGB", (3400, 3400), True),
+        ("WEBP", "RGB", (4000, 4000), False),
+    ],
+)
+def test_what_the_default_decode_memory_limit_admits(
+    fmt: str, mode: str, size: tuple[int, int], admitted: bool
+) -> None:
+    with Image.new(mode, (1, 1)) as image:
+        image._size = size  # the header of a large image, without its pixels
+        if fmt == "JPEG":
+            image._size = (size[0] // 8, size[1] // 8)
+        needed = decode_memory_bytes(image, fmt, animated=False, data=LIMITS.max_bytes // 2)
+    default = ImagingSettings().max_decode_bytes
+    assert (needed <= default) is admitted
