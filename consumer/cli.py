@@ -125,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="JSON lines of the heads-shadow topic: replay with the candidate heads' scores",
     )
+    simulate.add_argument(
+        "--head-categories",
+        help="comma-separated head categories in the events' scores (never the model's "
+        "predicted class, as in the consumer); --candidate-heads adds those it saw",
+    )
     simulate.add_argument("--sweep", help="category whose block threshold to sweep (labels needed)")
     simulate.add_argument("--plot", type=Path, help="PNG of the sweep (default: no plot)")
     simulate.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -310,9 +315,10 @@ def _policy_simulate(args: argparse.Namespace) -> int:
     settings = Settings()
     policies = load_policy(args.policy, topic_routes(settings.topics))
     events = read_events(args.events)
-    heads: frozenset[str] = frozenset()
+    heads = frozenset(c.strip() for c in (args.head_categories or "").split(",") if c.strip())
     if args.candidate_heads is not None:
-        events, heads = with_candidate_heads(events, read_comparisons(args.candidate_heads))
+        events, seen = with_candidate_heads(events, read_comparisons(args.candidate_heads))
+        heads |= seen
     result = simulate(policies, events, heads)
     sys.stdout.write(f"policy {policies.version}, {len(events)} events\n\n{result.render()}\n")
     points = None

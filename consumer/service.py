@@ -23,10 +23,11 @@ from consumer.moderation.policy import (
     read_policy_text,
 )
 from consumer.moderation.watch import PolicySources, PolicyTopic, PolicyWatcher
-from consumer.pipeline.engine import Engine, EngineSettings
+from consumer.pipeline.engine import Engine
 from consumer.pipeline.flow import FlowControl
 from consumer.pipeline.offsets import OffsetTracker
 from consumer.pipeline.outcomes import KafkaOutcomes
+from consumer.pipeline.ports import EngineSettings
 from consumer.pipeline.prepare import Preparer
 from consumer.pipeline.sink import Sink
 from consumer.pipeline.source import KafkaSource
@@ -103,6 +104,7 @@ async def serve(
         live_heads = (
             LiveHeads(
                 spec.backbone_sha256,
+                spec.class_names,
                 check=lambda heads: outcomes.check_heads(heads),
                 on_change=lambda heads: _heads_changed(heads, metrics),
             )
@@ -195,7 +197,9 @@ def _shadow(settings: Settings, spec: ModelSpec) -> ShadowHeads | None:
             f"MODSTREAM_HEADS__SHADOW_VERSION is set but {spec.name} has no heads model; point "
             "MODSTREAM_TRITON__MODEL_NAME at the moderation ensemble"
         )
-    shadow = ShadowHeads(settings.triton, spec.heads_model, version)
+    shadow = ShadowHeads(
+        settings.triton, spec.heads_model, version, settings.batching.max_batch_size
+    )
     shadow.expect_backbone(spec.backbone_sha256)
     logger.info("shadowing heads %s version %s", spec.heads_model, version)
     return shadow

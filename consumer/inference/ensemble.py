@@ -20,6 +20,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from consumer.errors import ConfigError
 from consumer.moderation.heads import (
+    BACKBONE_MODEL_PARAMETER,
     HEAD_SCORES_OUTPUT,
     HEADS_DESCRIPTOR_OUTPUT,
     HEADS_MODEL_PARAMETER,
@@ -27,7 +28,6 @@ from consumer.moderation.heads import (
 
 HEADS_VERSION_PARAMETER = "modstream.heads_version"
 PREVIOUS_VERSION_PARAMETER = "modstream.previous_heads_version"
-BACKBONE_MODEL_PARAMETER = "modstream.backbone_model"
 EMBEDDING = "embedding"
 
 # Triton's generated protobuf classes carry no type information.

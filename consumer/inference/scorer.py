@@ -30,6 +30,9 @@ from consumer.runtime.retry import RetryPolicy
 logger = logging.getLogger(__name__)
 
 
+_REFUSED = object()
+
+
 class Classifier(Protocol):
     """One served model (``TritonClassifier``)."""
 
@@ -206,10 +209,12 @@ class Scorer:
 
         Requests of one call must be scored by one heads version: when a new version went live
         between two of them, the rows are scored again."""
+        attempts = self._retry.begin()
         while True:
             scored = await self._infer_chunks(rows)
             if scored is not None:
                 return scored
+            await asyncio.sleep(attempts.next_delay() or self._retry.max_s)
 
     async def _infer_chunks(self, rows: npt.NDArray[np.uint8]) -> _Rows | None:
         results: list[BatchResult] = []
@@ -228,7 +233,10 @@ class Scorer:
         similarities = [r.prototype_similarity for r in results]
         if len({r.heads_descriptor for r in results}) > 1:
             return None
-        heads = results[0].head_scores is not None
+        served = self._served_heads(results[0])
+        if served is _REFUSED:
+            return None
+        heads = served if isinstance(served, HeadsDescriptor) else None
         return _Rows(
             probs=np.concatenate([r.probs for r in results]),
             embeddings=np.concatenate([r.embeddings for r in results]),
@@ -241,11 +249,22 @@ class Scorer:
             pool_entropy=np.concatenate(entropies) if entropies else None,
             head_scores=(
                 np.concatenate([r.head_scores for r in results])
-                if heads
+                if heads is not None
                 else None
             ),
-            heads=self._heads.current if heads and self._heads is not None else None,
+            heads=heads,
         )
+
+    def _served_heads(self, result: BatchResult) -> HeadsDescriptor | object | None:
+        """The heads version that produced ``result`` (the one named in it, not the latest
+        seen elsewhere), None without heads, or _REFUSED when it may not be used."""
+        if self._heads is None or result.heads_descriptor is None:
+            return None
+        try:
+            heads = self._heads.accept(result.heads_descriptor)
+        except ConfigError:
+            return _REFUSED  # refused since its request was answered, e.g. by a policy change
+        return heads
 
     async def _request(self, pixels: npt.NDArray[np.uint8], classifier: Classifier) -> BatchResult:
         """One Triton request, retried through outages; InferenceRejected is raised as is."""
@@ -269,6 +288,10 @@ class Scorer:
                 self._breaker.record_success()
                 self._metrics.triton_errors.labels(exc.code).inc()
                 raise
+            except Exception:
+                # Never leave a probe half-open: the waiters behind it would wait for good.
+                self._breaker.record_failure()
+                raise
             self._breaker.record_success()
             if result.heads_descriptor is not None and not self._heads_accepted(result):
                 delay = attempts.next_delay() or self._retry.max_s
@@ -285,7 +308,13 @@ class Scorer:
         if self._heads is None or result.heads_descriptor is None:
             return True
         try:
-            self._heads.accept(result.heads_descriptor)
+            heads = self._heads.accept(result.heads_descriptor)
+            if result.head_scores is None or result.head_scores.shape[1] != len(heads.categories):
+                raise ModelMismatch(
+                    f"heads version {heads.version} returned "
+                    f"{None if result.head_scores is None else result.head_scores.shape[1]} "
+                    f"scores for {len(heads.categories)} categories"
+                )
         except ConfigError as exc:
             if not self._refused:
                 logger.error("refusing the served heads version, holding events: %s", exc)

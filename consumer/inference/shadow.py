@@ -34,7 +34,10 @@ class ShadowScores:
 class ShadowHeads:
     """The candidate version of the heads model, asked with the live request's embeddings."""
 
-    def __init__(self, settings: TritonSettings, heads_model: str, version: str) -> None:
+    def __init__(
+        self, settings: TritonSettings, heads_model: str, version: str, max_batch_size: int = 32
+    ) -> None:
+        self._max_batch_size = max_batch_size
         self._client = triton_aio.InferenceServerClient(url=settings.url)
         self._timeout_s = settings.timeout_s
         self._model = heads_model
@@ -52,9 +55,26 @@ class ShadowHeads:
     async def score(
         self, embeddings: npt.NDArray[np.float32]
     ) -> tuple[HeadsDescriptor, npt.NDArray[np.float32]] | None:
-        """The candidate's descriptor and [N, K] scores, or None when it cannot be had."""
+        """The candidate's descriptor and [N, K] scores, or None when they cannot be had;
+        never raises (a shadow must not fail the live request)."""
         if self._disabled:
             return None
+        try:
+            parts = [
+                await self._score_chunk(embeddings[start : start + self._max_batch_size])
+                for start in range(0, len(embeddings), self._max_batch_size)
+            ]
+        except Exception:
+            logger.warning("shadow heads version %s failed", self.version, exc_info=True)
+            return None
+        if any(part is None for part in parts) or len({p[0].version for p in parts if p}) > 1:
+            return None
+        descriptor = parts[0][0]  # type: ignore[index]
+        return descriptor, np.concatenate([p[1] for p in parts if p is not None])
+
+    async def _score_chunk(
+        self, embeddings: npt.NDArray[np.float32]
+    ) -> tuple[HeadsDescriptor, npt.NDArray[np.float32]] | None:
         tensor = InferInput("embedding", list(embeddings.shape), "FP32")
         tensor.set_data_from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
         try:
@@ -84,4 +104,13 @@ class ShadowHeads:
                 return None
             self._known[raw] = descriptor
         scores = np.asarray(result.as_numpy(HEAD_SCORES_OUTPUT), dtype=np.float32)
+        if scores.shape != (len(embeddings), len(descriptor.categories)):
+            logger.error(
+                "shadow heads version %s returned scores of shape %s for %d categories",
+                self.version,
+                scores.shape,
+                len(descriptor.categories),
+            )
+            self._disabled = True
+            return None
         return descriptor, scores

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from consumer.errors import InferenceRejected, InferenceUnavailable, ModelMismatch
 from consumer.moderation.heads import (
+    BACKBONE_MODEL_PARAMETER,
     BACKBONE_SHA_PARAMETER,
     HEAD_SCORES_OUTPUT,
     HEADS_DESCRIPTOR_OUTPUT,
@@ -136,6 +137,16 @@ class TritonClassifier:
         except InferenceServerException as exc:
             raise translate(exc, f"reading model {name!r} from Triton") from exc
         self._spec = check_model(metadata, config["config"], version, min_batch_size)
+        backbone = next(iter(_parameter_list(config["config"], BACKBONE_MODEL_PARAMETER)), None)
+        if backbone is not None:
+            # An ensemble repeats its backbone's parameters as they were when it was written;
+            # the backbone's own config says what is served now (heads must match that).
+            try:
+                served = await self._client.get_model_config(backbone, as_json=True)
+            except InferenceServerException as exc:
+                raise translate(exc, f"reading backbone {backbone!r} from Triton") from exc
+            sha = next(iter(_parameter_list(served["config"], BACKBONE_SHA_PARAMETER)), None)
+            self._spec = replace(self._spec, backbone_sha256=sha)
         logger.info(
             "serving model %s version %s: input %s %dx%d, classes %s, embedding %d-d",
             self._spec.name,

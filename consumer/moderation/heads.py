@@ -27,6 +27,7 @@ HEAD_SCORES_OUTPUT = "head_scores"
 HEADS_DESCRIPTOR_OUTPUT = "heads_descriptor"
 BACKBONE_SHA_PARAMETER = "modstream.backbone_sha256"
 HEADS_MODEL_PARAMETER = "modstream.heads_model"
+BACKBONE_MODEL_PARAMETER = "modstream.backbone_model"
 
 CategoryName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 TenantName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
@@ -104,10 +105,15 @@ class LiveHeads:
     def __init__(
         self,
         backbone_sha256: str | None,
+        builtin: Iterable[str],
         check: Callable[[HeadsDescriptor], None],
         on_change: Callable[[HeadsDescriptor], None],
     ) -> None:
         self._backbone_sha256 = backbone_sha256
+        self._builtin = tuple(builtin)
+        self.serving: HeadsDescriptor | None = None
+        """The version Triton answered with last, accepted or not: what a new policy must fit
+        (a policy fixed for a refused version must not be judged by the older one)."""
         self._check = check
         self._on_change = on_change
         self._known: dict[bytes, HeadsDescriptor] = {}
@@ -117,6 +123,7 @@ class LiveHeads:
         """The descriptor in ``raw``; raises ModelMismatch or PolicyError to refuse it."""
         known = self._known.get(raw)
         if known is not None:
+            self.serving = known
             self._switch(known)
             return known
         try:
@@ -126,6 +133,11 @@ class LiveHeads:
                 f"the heads model returned an unreadable descriptor: {exc}"
             ) from exc
         descriptor.check_backbone(self._backbone_sha256)
+        try:
+            check_unique(descriptor.categories, self._builtin)
+        except ValueError as exc:
+            raise ModelMismatch(f"heads version {descriptor.version}: {exc}") from exc
+        self.serving = descriptor
         self._check(descriptor)
         # Only accepted versions are remembered: a refused one is checked again next time, so
         # fixing the policy (or promoting another version) is noticed without a restart.

@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 from consumer.errors import ConfigError, InferenceUnavailable
 from consumer.inference import ensemble
 from consumer.moderation.heads import (
+    BACKBONE_MODEL_PARAMETER,
     BACKBONE_SHA_PARAMETER,
     HEAD_SCORES_OUTPUT,
     HEADS_DESCRIPTOR_OUTPUT,
@@ -136,7 +137,7 @@ class HeadsRollout:
         heads_model = config.parameters[HEADS_MODEL_PARAMETER].string_value
         self._load(heads_model)  # picks up version folders added since the last load
         descriptor = self.describe(heads_model, version)
-        served_sha = config.parameters[BACKBONE_SHA_PARAMETER].string_value
+        served_sha = self._served_backbone_sha(config)
         try:
             descriptor.check_backbone(served_sha or None)
             if policies is not None:
@@ -157,6 +158,17 @@ class HeadsRollout:
         if previous is None:
             raise RolloutError("no earlier heads version is recorded to roll back to")
         return self.promote(previous, policies, repo)
+
+    def _served_backbone_sha(self, config: ensemble.ModelConfig) -> str:
+        """The hash in the backbone's own config: the ensemble's copy may predate a backbone
+        re-export."""
+        backbone = config.parameters[BACKBONE_MODEL_PARAMETER].string_value
+        try:
+            raw = self._client.get_model_config(backbone, as_json=True)["config"]
+        except InferenceServerException as exc:
+            raise RolloutError(f"cannot read backbone {backbone!r}: {exc.message()}") from exc
+        served = ensemble.from_json(_json(raw))
+        return str(served.parameters[BACKBONE_SHA_PARAMETER].string_value)
 
     def _load(self, model: str, config: str | None = None) -> None:
         try:

@@ -40,7 +40,9 @@ def summarize(comparisons: Iterable[ShadowComparison]) -> dict[str, Any]:
     gained: Counter[str] = Counter()
     lost: Counter[str] = Counter()
     total = agree = 0
-    for item in comparisons:
+    # A redelivered event is compared again: count each event once, as last compared.
+    latest = {item.event_id: item for item in comparisons}
+    for item in latest.values():
         total += 1
         tenants[item.tenant_id] += 1
         by_version[(item.live_heads_version, item.shadow_heads_version)] += 1

@@ -15,10 +15,8 @@ in-flight work drains in flow order within a deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiokafka import TopicPartition
@@ -32,6 +30,7 @@ from consumer.pipeline.commits import Committer, CommitTracker
 from consumer.pipeline.flow import FlowControl, Signal
 from consumer.pipeline.ports import (
     BatchScorer,
+    EngineSettings,
     EventPreparer,
     OutcomeWriter,
     Pending,
@@ -43,22 +42,9 @@ from consumer.pipeline.ports import (
 from consumer.pipeline.source import coordinates
 from consumer.runtime.health import HealthState
 from consumer.runtime.metrics import Metrics
-from consumer.runtime.retry import RetryPolicy
 from consumer.runtime.tasks import cancel, spawn, wait_all
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    max_batch_size: int
-    max_batch_wait_s: float
-    max_inflight_batches: int
-    max_poll_records: int
-    commit_interval_s: float
-    drain_timeout_s: float
-    revoke_grace_s: float
-    fetch_retry: RetryPolicy  # the fetch loop's backoff after a broker error
 
 
 class Engine:
@@ -93,6 +79,9 @@ class Engine:
         self._batch_slots = asyncio.Semaphore(settings.max_inflight_batches)
         self._event_tasks: set[asyncio.Task[None]] = set()
         self._batch_tasks: set[asyncio.Task[None]] = set()
+        # An outcome that cannot be written at all stops the engine, uncommitted past it.
+        self._failure: BaseException | None = None
+        self._failed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain in-flight work within the drain deadline
@@ -105,12 +94,17 @@ class Engine:
         committing = asyncio.create_task(self._committer.run(), name="commit")
         try:
             stopped = asyncio.create_task(stop.wait())
+            failed = asyncio.create_task(self._failed.wait())
             done, _ = await asyncio.wait(
-                {stopped, fetching, dispatching, committing}, return_when=asyncio.FIRST_COMPLETED
+                {stopped, failed, fetching, dispatching, committing},
+                return_when=asyncio.FIRST_COMPLETED,
             )
             stopped.cancel()
-            for task in done:
-                if task is not stopped and task.exception() is not None:
+            failed.cancel()
+            if self._failure is not None:
+                raise self._failure
+            for task in done - {stopped, failed}:
+                if task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
             self._health.stopping = True
@@ -213,7 +207,18 @@ class Engine:
         batch = [item for item in batch if not self._revoked_meanwhile(item.pending)]
         if not batch:
             return
-        results = await self._scorer.score([item.ready.image for item in batch])
+        try:
+            results = await self._scorer.score([item.ready.image for item in batch])
+        except Exception as exc:
+            # A bug, not an outage (those are retried inside the scorer): record it per event.
+            logger.exception("scoring a batch of %d failed", len(batch))
+            rejection = EventRejected(
+                ReasonCode.INTERNAL_ERROR, f"scoring failed: {type(exc).__name__}: {exc}"
+            )
+            await asyncio.gather(
+                *(self._write_dead_letter(i.pending, rejection, i.ready.event) for i in batch)
+            )
+            return
         await asyncio.gather(
             *(
                 self._write(item, result, dispatched_at - item.batched_at)
@@ -228,22 +233,38 @@ class Engine:
             rejection = EventRejected(ReasonCode.INFERENCE_REJECTED, str(result))
             await self._write_dead_letter(item.pending, rejection, item.ready.event)
         elif not self._revoked_meanwhile(item.pending):
-            await self._outcomes.decision(item, result, batch_wait_s)
+            try:
+                await self._outcomes.decision(item, result, batch_wait_s)
+            except Exception as exc:
+                # Never an unfinished offset: a decision that cannot be made or delivered
+                # becomes a dead letter saying why.
+                logger.exception("decision failed", extra=coordinates(item.pending.record))
+                rejection = EventRejected(
+                    ReasonCode.INTERNAL_ERROR, f"decision failed: {type(exc).__name__}: {exc}"
+                )
+                await self._write_dead_letter(item.pending, rejection, item.ready.event)
+                return
             self._finish(item.pending)
 
     async def _write_dead_letter(
         self, pending: Pending, rejection: EventRejected, event: ImageEvent | None
     ) -> None:
-        if not self._revoked_meanwhile(pending):
+        if self._revoked_meanwhile(pending):
+            return
+        try:
             await self._outcomes.dead_letter(pending, rejection, event)
-            self._finish(pending)
+        except Exception as exc:
+            # Nothing is left to record the event with: stop before any later offset of its
+            # partition is committed, so it is read again after a restart.
+            logger.exception("dead letter failed; stopping", extra=coordinates(pending.record))
+            self._failure = self._failure or exc
+            self._failed.set()
+            return
+        self._finish(pending)
 
     def _revoked_meanwhile(self, pending: Pending) -> bool:
-        """Drop an event whose partition moved to another consumer before its outcome was made.
-
-        Its offset can no longer be committed here and the new owner reads it again from the
-        last commit, so producing it would only add a duplicate.
-        """
+        """Drop an event whose partition moved to another consumer before its outcome was made:
+        the new owner reads it again from the last commit, so producing it would duplicate."""
         if self._tracker.owns(pending.ticket):
             return False
         self._metrics.revoked_dropped.inc()
@@ -262,14 +283,8 @@ class Engine:
         # for this) so its outcomes are committed here instead of repeated by the new owner.
         # Not while stopping: the drain has already finished (or abandoned) that work.
         grace_s = 0.0 if self._health.stopping else self._settings.revoke_grace_s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace_s
-        while any(self._tracker.in_flight_of(tp) for tp in revoked):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            self._flow.finished.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flow.finished.wait(), remaining)
+        await self._flow.wait_until(
+            lambda: not any(self._tracker.in_flight_of(tp) for tp in revoked), grace_s
+        )
         await self._committer.commit(only=revoked)
         self._committer.hand_over(revoked)

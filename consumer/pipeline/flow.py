@@ -9,6 +9,8 @@ its bounds, so the consumer does not flap between paused and resumed on every ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 from enum import Enum
 
 from consumer.runtime.metrics import Metrics
@@ -51,6 +53,20 @@ class FlowControl:
         self.bytes -= size
         self.finished.set()
         self._update_gauges()
+
+    async def wait_until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait, re-checking as events finish, until ``condition`` holds or ``timeout_s``
+        passes; whether it holds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not condition():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self.finished.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.finished.wait(), remaining)
+        return True
 
     def signal(self, downstream_available: bool) -> Signal:
         """Pause over the bounds or while downstream is down; resume once drained enough."""

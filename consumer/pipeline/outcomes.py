@@ -22,21 +22,24 @@ from consumer.contract.events import (
     SourceRecord,
 )
 from consumer.contract.headers import dead_letter_headers, decision_headers
-from consumer.errors import EventRejected
+from consumer.errors import DeliveryError, EventRejected
 from consumer.inference.scorer import Scores
 from consumer.inference.triton import ModelSpec
 from consumer.moderation.decide import StageTimes, decide_event
 from consumer.moderation.heads import HeadsDescriptor, LiveHeads
 from consumer.moderation.policy import ModelCategories, PolicySet
-from consumer.pipeline.ports import Pending, Prepared
+from consumer.pipeline.ports import Pending, Prepared, Record
 from consumer.pipeline.sink import Sink
 from consumer.pipeline.source import coordinates
 from consumer.runtime.metrics import Metrics, TenantLabels
+from consumer.runtime.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
 # Room left in a produce request for the dead letter's envelope around the original bytes.
 DEAD_LETTER_ENVELOPE_BYTES = 64 * 1024
+# A shadow comparison is worth a few tries, never a stalled partition.
+SHADOW_DELIVERY = RetryPolicy(initial_s=0.1, max_s=1.0, max_attempts=3, deadline_s=5.0)
 
 
 class KafkaOutcomes:
@@ -70,7 +73,7 @@ class KafkaOutcomes:
     def model_categories(self, heads: HeadsDescriptor | None = None) -> ModelCategories:
         """What the served model (with ``heads``, default: those serving now) gives policies."""
         if heads is None and self._heads is not None:
-            heads = self._heads.current
+            heads = self._heads.serving or self._heads.current
         return ModelCategories(
             self._spec.class_names,
             self._spec.prototype_categories,
@@ -126,27 +129,33 @@ class KafkaOutcomes:
             for head, score in zip(scores.heads.categories, scores.head_scores, strict=True):
                 self._metrics.head_scores.labels(scores.heads.version, head.name).observe(score)
         decision = routed.decision
-        if scores.shadow is not None and self._shadow_topic is not None:
-            candidate = decide_event(
-                event,
-                scores.probs,
-                self._spec,
-                self._policies,
-                times,
-                decided_at=decision.decided_at,
-                exemplar=exemplar,
-                pool_entropy=scores.pool_entropy,
-                prototype_similarity=scores.prototype_similarity,
-                heads=scores.shadow.heads,
-                head_scores=scores.shadow.head_scores,
-            )
-            await self._compare(decision, candidate.decision, scores.shadow.heads, scores.heads)
         await self._sink.deliver(
             routed.topic,
             event.event_id.encode(),
             decision.model_dump_json().encode(),
             decision_headers(record.headers, decision),
         )
+        if scores.shadow is not None and self._shadow_topic is not None:
+            # After the live decision is delivered: the shadow informs, it never holds up,
+            # fails or changes the live outcome.
+            try:
+                candidate = decide_event(
+                    event,
+                    scores.probs,
+                    self._spec,
+                    self._policies,
+                    times,
+                    decided_at=decision.decided_at,
+                    exemplar=exemplar,
+                    pool_entropy=scores.pool_entropy,
+                    prototype_similarity=scores.prototype_similarity,
+                    heads=scores.shadow.heads,
+                    head_scores=scores.shadow.head_scores,
+                )
+                await self._compare(decision, candidate.decision, scores.shadow.heads, scores.heads)
+            except Exception:
+                self._metrics.shadow_comparisons.labels(scores.shadow.heads.version, "lost").inc()
+                logger.warning("shadow comparison lost", exc_info=True, extra=coordinates(record))
         action = decision.action
         category = (decision.reasons[0].category if decision.reasons else None) or "none"
         tenant = self._tenant_labels.label(event.tenant_id)
@@ -167,6 +176,14 @@ class KafkaOutcomes:
                 "reason": category,
                 **coordinates(record),
             },
+        )
+
+    async def _deliver_letter(self, letter: DeadLetter, record: Record) -> None:
+        await self._sink.deliver(
+            self._dead_letter_topic,
+            record.key,
+            letter.model_dump_json().encode(),
+            dead_letter_headers(record.headers, letter),
         )
 
     async def _compare(
@@ -195,12 +212,19 @@ class KafkaOutcomes:
         result = "agree" if live.action is candidate.action else "differ"
         self._metrics.shadow_comparisons.labels(heads.version, result).inc()
         if self._shadow_topic is not None:
-            await self._sink.deliver(
-                self._shadow_topic,
-                live.event_id.encode(),
-                comparison.model_dump_json().encode(),
-                [("content-type", b"application/json")],
-            )
+            try:
+                await self._sink.deliver(
+                    self._shadow_topic,
+                    live.event_id.encode(),
+                    comparison.model_dump_json().encode(),
+                    [("content-type", b"application/json")],
+                    retry=SHADOW_DELIVERY,
+                )
+            except DeliveryError as exc:
+                self._metrics.shadow_comparisons.labels(heads.version, "lost").inc()
+                logger.warning(
+                    "shadow comparison not delivered: %s", exc, extra={"topic": self._shadow_topic}
+                )
 
     async def dead_letter(
         self, pending: Pending, rejection: EventRejected, event: ImageEvent | None
@@ -228,12 +252,16 @@ class KafkaOutcomes:
             original_value_b64=original,
             failed_at=datetime.now(UTC),
         )
-        await self._sink.deliver(
-            self._dead_letter_topic,
-            record.key,
-            letter.model_dump_json().encode(),
-            dead_letter_headers(record.headers, letter),
-        )
+        try:
+            await self._deliver_letter(letter, record)
+        except DeliveryError as exc:
+            if exc.retriable or letter.original_value_b64 is None:
+                raise
+            # The broker refuses the letter's size: send it without the original, whose
+            # coordinates are in the letter.
+            logger.warning("dead letter too large with its original; sending it without")
+            letter = letter.model_copy(update={"original_value_b64": None})
+            await self._deliver_letter(letter, record)
         self._metrics.dead_letters.labels(rejection.code).inc()
         logger.info(
             "dead-lettered: %s",

@@ -22,6 +22,7 @@ from consumer.errors import EventRejected, InferenceRejected
 from consumer.imaging.decode import DecodedImage
 from consumer.inference.scorer import Scores
 from consumer.pipeline.offsets import Ticket
+from consumer.runtime.retry import RetryPolicy
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 RevokeHandler = Callable[[set[TopicPartition]], Awaitable[None]]
@@ -62,6 +63,18 @@ class Prepared:
     pending: Pending
     ready: Ready
     batched_at: float
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    max_batch_size: int
+    max_batch_wait_s: float
+    max_inflight_batches: int
+    max_poll_records: int
+    commit_interval_s: float
+    drain_timeout_s: float
+    revoke_grace_s: float
+    fetch_retry: RetryPolicy  # the fetch loop's backoff after a broker error
 
 
 class RecordSource(Protocol):

@@ -31,14 +31,21 @@ class Sink:
         self._retry = retry
 
     async def deliver(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        retry: RetryPolicy | None = None,
     ) -> RecordMetadata:
-        """Produce one record, retrying until it is acknowledged.
+        """Produce one record, retrying transient failures until it is acknowledged (or, with
+        a bounded ``retry`` policy, until that gives up).
 
-        Raises DeliveryError (not retriable) only when the record can never be accepted,
-        e.g. it is larger than the producer's ``max_request_size``.
+        Raises DeliveryError: not retriable when the record can never be accepted (larger than
+        the producer's ``max_request_size``, or a permanent broker error such as a missing
+        authorisation); retriable when a bounded policy gave up.
         """
-        attempts = self._retry.begin()
+        attempts = (retry or self._retry).begin()
         while True:
             try:
                 ack = await self._producer.send(topic, value, key=key, headers=list(headers))
@@ -51,6 +58,10 @@ class Sink:
                 error.retriable = False
                 raise error from exc
             except KafkaError as exc:
+                if not exc.retriable:
+                    error = DeliveryError(f"producing to {topic} failed for good: {exc!r}")
+                    error.retriable = False
+                    raise error from exc
                 delay = attempts.next_delay()
                 if delay is None:
                     raise DeliveryError(f"producing to {topic} failed: {exc!r}") from exc

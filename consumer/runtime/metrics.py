@@ -153,7 +153,7 @@ class Metrics:
         self.shadow_comparisons = Counter(
             "modstream_heads_shadow_total",
             "Events scored by the shadow heads version too, by whether the would-be action "
-            "equals the live one (agree, differ).",
+            "equals the live one (agree, differ), or lost (not compared or not delivered).",
             ["shadow_version", "result"],
             registry=r,
         )

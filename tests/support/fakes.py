@@ -14,7 +14,7 @@ from aiokafka.structs import ConsumerRecord
 
 from consumer.contract.events import ImageEvent
 from consumer.contract.reasons import ReasonCode
-from consumer.errors import EventRejected, InferenceRejected
+from consumer.errors import DeliveryError, EventRejected, InferenceRejected
 from consumer.imaging.decode import DecodedImage
 from consumer.inference.scorer import Scores
 from consumer.pipeline.ports import Pending, Prepared, Ready, Record, Refused, RevokeHandler
@@ -135,10 +135,14 @@ class FakeScorer:
         self.gate = asyncio.Event()
         self.gate.set()
         self.batches: list[int] = []
+        self.broken = False
+        """Raise a bug (not an outage) from every call."""
 
     async def score(self, images: Sequence[DecodedImage]) -> list[Scores | InferenceRejected]:
         self.batches.append(len(images))
         await self.gate.wait()
+        if self.broken:
+            raise ZeroDivisionError("a bug in scoring")
         return [
             Scores(
                 probs=np.array([1.0, 0.0], dtype=np.float32),
@@ -157,13 +161,21 @@ class FakeOutcomes:
 
     decisions: list[tuple[int, int]] = field(default_factory=list)
     dead_letters: list[tuple[int, int, str]] = field(default_factory=list)
+    failing_decisions: set[int] = field(default_factory=set)
+    """Offsets whose decision raises (as a bug in deciding would)."""
+    failing_dead_letters: set[int] = field(default_factory=set)
+    """Offsets whose dead letter cannot be delivered either."""
 
     async def decision(self, item: Prepared, scores: Scores, batch_wait_s: float) -> None:
+        if item.pending.record.offset in self.failing_decisions:
+            raise KeyError("a bug in deciding")
         self.decisions.append((item.pending.record.partition, item.pending.record.offset))
 
     async def dead_letter(
         self, pending: Pending, rejection: EventRejected, event: ImageEvent | None
     ) -> None:
+        if pending.record.offset in self.failing_dead_letters:
+            raise DeliveryError("record too large for the dead-letter topic")
         record = pending.record
         self.dead_letters.append((record.partition, record.offset, rejection.code))
 

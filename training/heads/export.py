@@ -112,10 +112,16 @@ def export_heads(
     )
     ensemble_path = repo / ensemble_name / "config.pbtxt"
     pinned = not ensemble_path.exists()
-    if pinned:
-        (repo / ensemble_name / "1").mkdir(parents=True, exist_ok=True)
-        config = ensemble.ensemble_config(backbone, heads_model, version, name=ensemble_name)
-        ensemble_path.write_text(ensemble.render(config))
+    live = version if pinned else ensemble.live_version(ensemble.read_config(ensemble_path))
+    # Rewritten on every export, pinned where it was: the copy of the backbone's parameters
+    # stays that of the backbone served now.
+    config = ensemble.ensemble_config(backbone, heads_model, live or version, name=ensemble_name)
+    if not pinned:
+        previous = ensemble.previous_version(ensemble.read_config(ensemble_path))
+        if previous is not None:
+            config.parameters[ensemble.PREVIOUS_VERSION_PARAMETER].string_value = previous
+    (repo / ensemble_name / "1").mkdir(parents=True, exist_ok=True)
+    ensemble_path.write_text(ensemble.render(config))
     logger.info(
         "exported heads %s version %s (%d categories, parity %.1e)%s",
         heads_model,

@@ -23,7 +23,7 @@ import numpy.typing as npt
 WEIGHTS_FILE = "heads.npz"
 DESCRIPTOR_FILE = "heads.json"
 _SHA_PARAMETER = re.compile(
-    r'key:\s*"modstream\.backbone_sha256"\s*value:\s*\{\s*string_value:\s*"([0-9a-f]+)"'
+    r'key:\s*"modstream\.backbone_sha256"\s*value:?\s*\{\s*string_value:\s*"([0-9a-f]+)"'
 )
 
 

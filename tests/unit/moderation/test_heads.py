@@ -73,7 +73,7 @@ def test_live_heads_refuse_another_backbone_and_recheck_after_a_policy_change() 
         if not allowed["ok"]:
             raise PolicyError("policy cannot take these heads")
 
-    live = LiveHeads(SHA, check, lambda heads: changes.append(heads.version))
+    live = LiveHeads(SHA, CLASSES, check, lambda heads: changes.append(heads.version))
     with pytest.raises(ModelMismatch, match="trained on backbone"):
         live.accept(descriptor(sha="b" * 64).model_dump_json().encode())
     raw = descriptor().model_dump_json().encode()
@@ -189,3 +189,37 @@ def test_simulate_replays_events_with_the_candidate_heads_scores() -> None:
     assert simulate(policies, [live]).by_tenant["acme"]["block"] == 1
     result = simulate(policies, replayed, heads)
     assert result.by_tenant["acme"] == {"allow": 1, "block": 1}
+
+
+def test_live_heads_refuse_a_head_named_like_a_builtin_and_track_what_is_served() -> None:
+    live = LiveHeads(SHA, CLASSES, lambda heads: None, lambda heads: None)
+    clash = descriptor().model_copy(update={"categories": (HeadCategory(name="safe"),)})
+    with pytest.raises(ModelMismatch, match="repeats a category name"):
+        live.accept(clash.model_dump_json().encode())
+
+    def refuse(heads: HeadsDescriptor) -> None:
+        raise PolicyError("no")
+
+    strict = LiveHeads(SHA, CLASSES, refuse, lambda heads: None)
+    with pytest.raises(PolicyError):
+        strict.accept(descriptor("7").model_dump_json().encode())
+    # A refused version is still what Triton serves: new policies are judged against it.
+    assert strict.serving is not None
+    assert strict.serving.version == "7"
+    assert strict.current is None
+
+
+def test_the_shadow_report_counts_a_redelivered_event_once() -> None:
+    item = ShadowComparison(
+        event_id="same",
+        tenant_id="t",
+        live_heads_version="1",
+        shadow_heads_version="2",
+        live_action=Action.ALLOW,
+        shadow_action=Action.ALLOW,
+        live_categories=[],
+        shadow_categories=[],
+        shadow_scores={},
+        compared_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    assert summarize([item, item, item])["events"] == 1

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from aiokafka import TopicPartition
 
 from consumer.contract.reasons import ReasonCode
-from consumer.pipeline.engine import Engine, EngineSettings
+from consumer.errors import DeliveryError
+from consumer.pipeline.engine import Engine
 from consumer.pipeline.flow import FlowControl
 from consumer.pipeline.offsets import OffsetTracker
-from consumer.pipeline.ports import Record
+from consumer.pipeline.ports import EngineSettings, Record
 from consumer.runtime.health import HealthState
 from consumer.runtime.metrics import Metrics
 from consumer.runtime.retry import RetryPolicy
@@ -42,6 +43,7 @@ class Harness:
     flow: FlowControl
     metrics: Metrics
     stop: asyncio.Event
+    task: asyncio.Task[None] | None = None
 
 
 def records(partition: int, count: int, bad: Sequence[int] = ()) -> list[Record]:
@@ -56,10 +58,11 @@ async def running(
     drain_timeout_s: float = 5.0,
     revoke_grace_s: float = 0.0,
     scorer: FakeScorer | None = None,
+    outcomes: FakeOutcomes | None = None,
 ) -> AsyncIterator[Harness]:
     source = FakeSource(partitions)
     scorer = scorer or FakeScorer()
-    outcomes = FakeOutcomes()
+    outcomes = outcomes or FakeOutcomes()
     metrics = Metrics()
     flow = FlowControl(
         FlowSettings(max_inflight_events=max_inflight_events, drain_timeout_s=drain_timeout_s),
@@ -88,12 +91,13 @@ async def running(
     stop = asyncio.Event()
     harness = Harness(engine, source, scorer, outcomes, flow, metrics, stop)
     task = asyncio.create_task(engine.run(stop))
+    harness.task = task
     try:
         yield harness
     finally:
         stop.set()
         scorer.gate.set()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -208,3 +212,32 @@ async def test_drain_deadline_leaves_unfinished_work_uncommitted() -> None:
         await asyncio.sleep(0.3)  # past the deadline, the scorer still has not answered
     assert h.outcomes.total == 0
     assert h.source.committed == {}
+
+
+async def test_a_decision_that_fails_becomes_a_dead_letter_and_commits_move_on() -> None:
+    outcomes = FakeOutcomes(failing_decisions={2})
+    async with running({0: records(0, 6)}, outcomes=outcomes) as h:
+        await until(lambda: h.source.committed == {P0: 6})
+    assert len(h.outcomes.decisions) == 5
+    assert h.outcomes.dead_letters == [(0, 2, ReasonCode.INTERNAL_ERROR)]
+    assert h.flow.events == 0
+
+
+async def test_a_scorer_bug_dead_letters_the_batch_instead_of_stalling_it() -> None:
+    scorer = FakeScorer()
+    scorer.broken = True
+    async with running({0: records(0, 5)}, scorer=scorer) as h:
+        await until(lambda: h.source.committed == {P0: 5})
+    assert {code for _, _, code in h.outcomes.dead_letters} == {ReasonCode.INTERNAL_ERROR}
+    assert len(h.outcomes.dead_letters) == 5
+
+
+async def test_an_outcome_that_cannot_be_written_stops_the_engine_uncommitted() -> None:
+    outcomes = FakeOutcomes(failing_decisions={3}, failing_dead_letters={3})
+    async with running({0: records(0, 8)}, outcomes=outcomes) as h:
+        task = h.task
+        assert task is not None
+        await until(task.done)
+    assert isinstance(task.exception(), DeliveryError)
+    # Nothing at or after the lost offset was committed: it is read again after a restart.
+    assert h.source.committed.get(P0, 0) <= 3
