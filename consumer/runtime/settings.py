@@ -54,6 +54,8 @@ class TopicSettings(_Section):
     review: str = "modstream.decisions.review"
     block: str = "modstream.decisions.block"
     dead_letter: str = "modstream.deadletter"
+    # Comparisons of the shadow heads version with the live one (nothing is routed by them).
+    heads_shadow: str = "modstream.heads.shadow"
 
 
 class TritonSettings(_Section):
@@ -141,6 +143,12 @@ class PolicySettings(_Section):
     topic_load_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class HeadsSettings(_Section):
+    # A candidate heads version scored beside the live one on every event; its would-be
+    # decisions go to topics.heads_shadow and route nothing. Unset: no shadow.
+    shadow_version: str | None = Field(default=None, pattern=r"^[1-9][0-9]*$")
+
+
 class BankSettings(_Section):
     # Folder of exemplar banks (one sub-folder per bank); unset means no bank is consulted.
     path: Path | None = None
@@ -172,6 +180,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     banks: BankSettings = BankSettings()
+    heads: HeadsSettings = HeadsSettings()
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> Settings:
