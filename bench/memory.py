@@ -189,17 +189,7 @@ async def run_corpus(
     ends = await _produce(bootstrap, input_topic, events)
     log_path = work / f"consumer-{run}.log"
     started = time.monotonic()
-    with log_path.open("ab") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "consumer",
-            "run",
-            env=env,
-            stdout=log,
-            stderr=log,
-            cwd=clone_root(),
-        )
+    process = await _start_consumer(env, log_path)
     try:
         await _wait_committed(
             bootstrap,
@@ -228,14 +218,10 @@ async def run_corpus(
     )
 
 
-async def idle_rss(bootstrap: str, triton_url: str, work: Path, settle_s: float = 3.0) -> int:
-    """Resident memory of a consumer that has started and has nothing to do."""
-    run = uuid.uuid4().hex[:8]
-    env = consumer_env(bootstrap, triton_url, run, {})
-    await ensure_topics(bootstrap, {env["MODSTREAM_KAFKA__INPUT_TOPIC"]: PARTITIONS})
-    log_path = work / f"consumer-idle-{run}.log"
+async def _start_consumer(env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
+    """``modstream run`` from the clone with ``env``, its output appended to ``log_path``."""
     with log_path.open("ab") as log:
-        process = await asyncio.create_subprocess_exec(
+        return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "consumer",
@@ -245,6 +231,15 @@ async def idle_rss(bootstrap: str, triton_url: str, work: Path, settle_s: float 
             stderr=log,
             cwd=clone_root(),
         )
+
+
+async def idle_rss(bootstrap: str, triton_url: str, work: Path, settle_s: float = 3.0) -> int:
+    """Resident memory of a consumer that has started and has nothing to do."""
+    run = uuid.uuid4().hex[:8]
+    env = consumer_env(bootstrap, triton_url, run, {})
+    await ensure_topics(bootstrap, {env["MODSTREAM_KAFKA__INPUT_TOPIC"]: PARTITIONS})
+    log_path = work / f"consumer-idle-{run}.log"
+    process = await _start_consumer(env, log_path)
     try:
         deadline = time.monotonic() + 120
         while b"serving model" not in log_path.read_bytes():

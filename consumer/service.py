@@ -200,7 +200,7 @@ def _shadow(settings: Settings, spec: ModelSpec) -> ShadowHeads | None:
     shadow = ShadowHeads(
         settings.triton, spec.heads_model, version, settings.batching.max_batch_size
     )
-    shadow.expect_backbone(spec.backbone_sha256)
+    shadow.expect(spec.backbone_sha256, spec.class_names)
     logger.info("shadowing heads %s version %s", spec.heads_model, version)
     return shadow
 

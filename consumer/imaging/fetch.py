@@ -30,6 +30,15 @@ def _transient(code: ReasonCode, message: str) -> ImageRejected:
     return rejection
 
 
+def _translated(exc: httpx.HTTPError, verb: str, url: httpx.URL) -> ImageRejected:
+    """httpx's error while trying to ``verb`` (fetch, read) ``url``, as a retriable rejection."""
+    if isinstance(exc, httpx.TimeoutException):
+        return _transient(
+            ReasonCode.IMAGE_FETCH_TIMEOUT, f"timed out {verb}ing {_redacted(url)}: {exc!r}"
+        )
+    return _transient(ReasonCode.IMAGE_FETCH_FAILED, f"cannot {verb} {_redacted(url)}: {exc!r}")
+
+
 def _redacted(url: httpx.URL) -> str:
     """The URL without credentials or query string, which often carries signatures."""
     return str(url.copy_with(userinfo=b"", query=None, fragment=None))
@@ -158,15 +167,8 @@ class ImageFetcher:
             self._check_scheme(request.url)
             try:
                 response = await self._client.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                raise _transient(
-                    ReasonCode.IMAGE_FETCH_TIMEOUT,
-                    f"timed out fetching {_redacted(request.url)}: {exc!r}",
-                ) from exc
             except httpx.HTTPError as exc:
-                raise _transient(
-                    ReasonCode.IMAGE_FETCH_FAILED, f"cannot fetch {_redacted(request.url)}: {exc!r}"
-                ) from exc
+                raise _translated(exc, "fetch", request.url) from exc
             try:
                 if response.next_request is not None:
                     request = response.next_request
@@ -201,13 +203,6 @@ class ImageFetcher:
                         ReasonCode.IMAGE_TOO_LARGE,
                         f"{_redacted(response.url)} sent more than {self._max_bytes} bytes",
                     )
-        except httpx.TimeoutException as exc:
-            raise _transient(
-                ReasonCode.IMAGE_FETCH_TIMEOUT,
-                f"timed out reading {_redacted(response.url)}: {exc!r}",
-            ) from exc
         except httpx.HTTPError as exc:
-            raise _transient(
-                ReasonCode.IMAGE_FETCH_FAILED, f"cannot read {_redacted(response.url)}: {exc!r}"
-            ) from exc
+            raise _translated(exc, "read", response.url) from exc
         return bytes(body)

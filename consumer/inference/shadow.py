@@ -8,17 +8,22 @@ missing for that batch (logged and counted).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc.aio as triton_aio
-from pydantic import ValidationError
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from consumer.errors import ModelMismatch
-from consumer.moderation.heads import HEAD_SCORES_OUTPUT, HEADS_DESCRIPTOR_OUTPUT, HeadsDescriptor
+from consumer.errors import ConfigError
+from consumer.moderation.heads import (
+    HEAD_SCORES_OUTPUT,
+    HEADS_DESCRIPTOR_OUTPUT,
+    HeadsDescriptor,
+    LiveHeads,
+)
 from consumer.runtime.settings import TritonSettings
 
 logger = logging.getLogger(__name__)
@@ -42,12 +47,13 @@ class ShadowHeads:
         self._timeout_s = settings.timeout_s
         self._model = heads_model
         self.version = version
-        self._backbone_sha256: str | None = None
-        self._known: dict[bytes, HeadsDescriptor] = {}
+        self._gate: LiveHeads | None = None
         self._disabled = False
 
-    def expect_backbone(self, backbone_sha256: str | None) -> None:
-        self._backbone_sha256 = backbone_sha256
+    def expect(self, backbone_sha256: str | None, builtin: Iterable[str]) -> None:
+        """Check every candidate descriptor like the live one's (backbone, category names);
+        the candidate is compared, not served, so no policy check applies."""
+        self._gate = LiveHeads(backbone_sha256, builtin, lambda heads: None, lambda heads: None)
 
     async def close(self) -> None:
         await self._client.close()
@@ -92,17 +98,15 @@ class ShadowHeads:
             logger.warning("shadow heads version %s did not answer: %s", self.version, exc)
             return None
         raw = bytes(result.as_numpy(HEADS_DESCRIPTOR_OUTPUT).reshape(-1)[0])
-        descriptor = self._known.get(raw)
-        if descriptor is None:
-            try:
-                descriptor = HeadsDescriptor.model_validate_json(raw)
-                descriptor.check_backbone(self._backbone_sha256)
-            except (ValidationError, ModelMismatch) as exc:
-                # A candidate that cannot be compared stays off until the next restart.
-                logger.error("shadow heads version %s refused: %s", self.version, exc)
-                self._disabled = True
-                return None
-            self._known[raw] = descriptor
+        if self._gate is None:
+            raise RuntimeError("call expect() before scoring the shadow heads")
+        try:
+            descriptor = self._gate.accept(raw)
+        except ConfigError as exc:
+            # A candidate that cannot be compared stays off until the next restart.
+            logger.error("shadow heads version %s refused: %s", self.version, exc)
+            self._disabled = True
+            return None
         scores = np.asarray(result.as_numpy(HEAD_SCORES_OUTPUT), dtype=np.float32)
         if scores.shape != (len(embeddings), len(descriptor.categories)):
             logger.error(

@@ -14,7 +14,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -67,7 +66,7 @@ class HeadsRollout:
                 f"cannot read ensemble {self._ensemble!r} from Triton at {self._url}: "
                 f"{exc.message()}; is it loaded?"
             ) from exc
-        return ensemble.from_json(_json(raw))
+        return ensemble.from_json(json.dumps(raw))
 
     def status(self) -> HeadsStatus:
         config = self.ensemble_config()
@@ -167,7 +166,7 @@ class HeadsRollout:
             raw = self._client.get_model_config(backbone, as_json=True)["config"]
         except InferenceServerException as exc:
             raise RolloutError(f"cannot read backbone {backbone!r}: {exc.message()}") from exc
-        served = ensemble.from_json(_json(raw))
+        served = ensemble.from_json(json.dumps(raw))
         return str(served.parameters[BACKBONE_SHA_PARAMETER].string_value)
 
     def _load(self, model: str, config: str | None = None) -> None:
@@ -178,10 +177,6 @@ class HeadsRollout:
                 f"Triton at {self._url} did not load {model}: {exc.message()}; Triton needs "
                 "--model-control-mode=explicit for heads rollouts"
             ) from exc
-
-
-def _json(raw: dict[str, Any]) -> str:
-    return json.dumps(raw)
 
 
 def model_categories(config: ensemble.ModelConfig, heads: HeadsDescriptor) -> ModelCategories:
