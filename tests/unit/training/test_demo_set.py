@@ -18,17 +18,11 @@ from faker import Faker
 from faker.providers import date_time as faker_dates
 
 from tests.support.paths import REPO_ROOT
-from training.heads.data import load_manifest
-from training.heads.demo_scenes import FAKER_LOCALES, WORDS
-from training.heads.demo_set import (
-    CATEGORIES,
-    NEGATIVE_KINDS,
-    TENANTS,
-    TEST,
-    TRAIN,
-    generate,
-    main,
-)
+from training.heads.demo_negatives import WORDS
+from training.heads.demo_plan import CATEGORIES, NEGATIVE_KINDS, TENANTS, TEST, TRAIN
+from training.heads.demo_scenes import FAKER_LOCALES
+from training.heads.demo_set import generate, main
+from training.heads.manifest import load_manifest
 
 PER_CLASS = 4
 

@@ -14,15 +14,10 @@ from PIL import Image
 
 from consumer.imaging.fetch import ImageFetcher
 from consumer.runtime.settings import ImagingSettings
-from training.heads.data import (
-    DatasetError,
-    LabelledImage,
-    load_dataset,
-    load_folder,
-    load_manifest,
-    main,
-    parse_categories,
-)
+from training.heads.data import load_dataset, main
+from training.heads.folders import load_folder
+from training.heads.labelled import DatasetError, LabelledImage, parse_categories
+from training.heads.manifest import load_manifest
 
 CATEGORIES = ("qr_solicitation", "contact_overlay")
 

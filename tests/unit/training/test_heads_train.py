@@ -19,7 +19,8 @@ from consumer.cli import main as modstream
 from consumer.moderation.heads import HeadCategory
 from consumer.moderation.shadow_report import wilson
 from training.heads import metrics, report
-from training.heads.cli import TrainOptions, train_and_report
+from training.heads.assemble import train_and_report
+from training.heads.cli import TrainOptions
 from training.heads.cli import main as heads_main
 from training.heads.train import (
     KINDS,
