@@ -14,19 +14,10 @@ import numpy as np
 import numpy.typing as npt
 
 from training.heads import metrics, report
+from training.heads.curves import LearningCurves, learning_curves, time_tenant_training
 from training.heads.embed import TrainingFailed
-from training.heads.train import (
-    TEST,
-    TRAIN,
-    CategoryHead,
-    EmbeddedRows,
-    FitConfig,
-    LearningCurves,
-    Trained,
-    learning_curves,
-    time_tenant_training,
-    train_all,
-)
+from training.heads.fit import FitConfig
+from training.heads.train import TEST, TRAIN, CategoryHead, EmbeddedRows, Trained, train_all
 from training.heads.trained import TrainedHeads
 
 if TYPE_CHECKING:

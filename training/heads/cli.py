@@ -27,13 +27,7 @@ from consumer.errors import ConfigError
 from training.heads import metrics, report
 from training.heads.assemble import benign_mask, train_and_report
 from training.heads.embed import Backbone, Embedded, TrainingFailed, embed_images
-from training.heads.train import (
-    LEARNING_SIZES,
-    TEST,
-    TRAIN,
-    EmbeddedRows,
-    Row,
-)
+from training.heads.train import LEARNING_SIZES, TEST, TRAIN, EmbeddedRows, Row
 from training.heads.trained import TrainedHeads
 
 logger = logging.getLogger(__name__)

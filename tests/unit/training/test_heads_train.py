@@ -22,23 +22,19 @@ from training.heads import metrics, report
 from training.heads.assemble import train_and_report
 from training.heads.cli import TrainOptions
 from training.heads.cli import main as heads_main
-from training.heads.train import (
+from training.heads.curves import learning_curves
+from training.heads.fit import (
     KINDS,
     LOGISTIC,
     PROTOTYPE,
     PULLED,
-    SELECTED,
-    EmbeddedRows,
     FitConfig,
     Standardizer,
     fit_logistic,
     fit_prototype,
     fit_pulled,
-    grouped_folds,
-    learning_curves,
-    train_all,
-    train_category,
 )
+from training.heads.train import SELECTED, EmbeddedRows, grouped_folds, train_all, train_category
 
 DIM = 24
 OWNERS: dict[str, str | None] = {"qr": None, "contact": "marketplace", "card": "tickets"}
