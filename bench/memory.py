@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import io
 import json
 import os
 import signal
@@ -38,94 +36,17 @@ from pathlib import Path
 import numpy as np
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from PIL import Image
 
 from bench.audit import read_to_end
 from bench.clone import clone_root
 from bench.local.process import proc_status_kib
 from bench.local.tansu import TansuBroker, ensure_topics
 from bench.local.triton import TritonServer
+from bench.memory_corpora import flat_image, inline_event, noise_jpeg
+from bench.memory_model import ALLOCATOR_ENV, MODEL, memory_bound, memory_terms
 from consumer.runtime.settings import MiB, Settings
 
 PARTITIONS = 4
-
-
-@dataclass(frozen=True)
-class MemoryModel:
-    base_bytes: int
-    """Resident memory of an idle ``modstream run`` once it serves (measured, rounded up)."""
-    inflight_factor: float
-    """Resident bytes per byte of records held (measured slope, rounded up): the record, the
-    event parsed from it (an inline image is a str as long as its base64), the dead letter
-    that carries it back."""
-
-
-MODEL = MemoryModel(base_bytes=128 * MiB, inflight_factor=2.5)
-
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-"""glibc's allocator settings the consumer runs with (deploy/base/consumer-deployment.yaml).
-By default glibc raises its mmap threshold each time a large block is freed, up to 32 MiB, so
-later frame buffers and records come from the heap, which keeps freed memory resident: a
-hostile corpus peaked at 300-490 MB run to run that way, 170-182 MB with the threshold fixed
-(setting it also turns the raising off)."""
-
-
-def memory_terms(settings: Settings, model: MemoryModel = MODEL) -> dict[str, int]:
-    """Each term of the bound, in bytes, for ``settings``."""
-    held = settings.flow.max_inflight_bytes + 2 * settings.kafka.fetch_max_bytes
-    return {
-        "base": model.base_bytes,
-        "in_flight": int(model.inflight_factor * held),
-        "decode": settings.imaging.decode_workers * settings.imaging.max_decode_bytes,
-    }
-
-
-def memory_bound(settings: Settings, model: MemoryModel = MODEL) -> int:
-    """The most resident memory a consumer with ``settings`` should reach, in bytes."""
-    return sum(memory_terms(settings, model).values())
-
-
-# --- corpora ---------------------------------------------------------------------------
-
-
-def noise_jpeg(approx_bytes: int, seed: int = 0) -> bytes:
-    """A JPEG of random noise of at most ``approx_bytes`` (within a few percent): many bytes
-    that are cheap to decode, since the decoder scales a JPEG down in the DCT domain."""
-    rng = np.random.default_rng(seed)
-
-    def encode(side: int) -> bytes:
-        out = io.BytesIO()
-        pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(out, "JPEG", quality=95)
-        return out.getvalue()
-
-    sample = 512
-    per_pixel = len(encode(sample)) / sample**2
-    side = int((approx_bytes / per_pixel) ** 0.5)
-    data = encode(side)
-    while len(data) > approx_bytes:
-        side = int(side * 0.98)
-        data = encode(side)
-    return data
-
-
-def flat_image(mode: str, size: tuple[int, int], fmt: str, **options: object) -> bytes:
-    """A one-colour image: a few kB that decode to a full frame buffer."""
-    out = io.BytesIO()
-    bands = Image.getmodebands(mode)
-    colour = 128 if bands == 1 else (90,) * bands
-    Image.new(mode, size, colour).save(out, fmt, **options)
-    return out.getvalue()
-
-
-def inline_event(image: bytes, tenant: str = "acme") -> bytes:
-    body = {
-        "event_id": f"mem-{uuid.uuid4().hex}",
-        "tenant_id": tenant,
-        "created_at": datetime.now(UTC).isoformat(),
-        "image_b64": base64.b64encode(image).decode(),
-    }
-    return json.dumps(body).encode()
 
 
 # --- running a consumer on a corpus --------------------------------------------------------

@@ -14,7 +14,7 @@ from bench.audit import audit, read_to_end
 from bench.local.process import proc_status_kib
 from bench.local.tansu import TansuBroker, ensure_topics
 from bench.local.triton import TritonServer
-from bench.memory import ALLOCATOR_ENV
+from bench.memory_model import ALLOCATOR_ENV
 from tests.integration.test_pipeline import PARTITIONS, make_settings, output_topics, wait_committed
 from tests.support.hostile import MAX_DECODE_BYTES, MAX_IMAGE_BYTES, MAX_PIXELS, hostile_events
 from tests.support.kafka_io import ends_of, produce_positions

@@ -12,7 +12,8 @@ import pytest
 
 from bench.local.tansu import TansuBroker
 from bench.local.triton import TritonServer
-from bench.memory import maximal_corpus, memory_bound, memory_terms, run_corpus
+from bench.memory import maximal_corpus, run_corpus
+from bench.memory_model import memory_bound, memory_terms
 from consumer.runtime.settings import MiB, Settings
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench.memory import ALLOCATOR_ENV, MODEL, memory_bound, memory_terms
+from bench.memory_model import ALLOCATOR_ENV, MODEL, memory_bound, memory_terms
 from consumer.runtime.settings import MiB, Settings
 from tests.support.kustomize_lite import render
 from tests.support.paths import DEPLOY, REPO_ROOT
