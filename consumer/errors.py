@@ -49,6 +49,10 @@ class EventRejected(ModstreamError):
         self.code = code
         self.message = message
 
+    def __reduce__(self) -> tuple[type[EventRejected], tuple[ReasonCode, str]]:
+        # Rebuilt from both fields when it crosses from a decode worker process.
+        return (type(self), (self.code, self.message))
+
 
 class InvalidEvent(EventRejected):
     """The record is not a valid ImageEvent."""
@@ -64,6 +68,9 @@ class InferenceError(ModstreamError):
     def __init__(self, message: str, code: str = "UNKNOWN") -> None:
         super().__init__(message)
         self.code = code
+
+    def __reduce__(self) -> tuple[type[InferenceError], tuple[str, str]]:
+        return (type(self), (str(self), self.code))
 
 
 class InferenceUnavailable(InferenceError):

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from consumer.banks.store import BankSet
 from consumer.errors import ConfigError, PolicyError
 from consumer.imaging.decode import ImageLimits
 from consumer.imaging.fetch import ImageFetcher
+from consumer.imaging.workers import DecodePool
+from consumer.inference.ensemble import BYTES_SUFFIX
+from consumer.inference.model_check import ModelSpec
 from consumer.inference.scorer import BreakerSettings, Scorer
 from consumer.inference.shadow import ShadowHeads
-from consumer.inference.triton import ModelSpec, TritonClassifier
+from consumer.inference.triton import TritonClassifier
 from consumer.moderation.heads import HeadsDescriptor, LiveHeads
 from consumer.moderation.policy import (
     ModelCategories,
@@ -28,7 +30,7 @@ from consumer.pipeline.flow import FlowControl
 from consumer.pipeline.offsets import OffsetTracker
 from consumer.pipeline.outcomes import KafkaOutcomes
 from consumer.pipeline.ports import EngineSettings
-from consumer.pipeline.prepare import Preparer
+from consumer.pipeline.prepare import DecodeJob, Preparer
 from consumer.pipeline.sink import Sink
 from consumer.pipeline.source import KafkaSource
 from consumer.runtime.health import HealthServer, HealthState
@@ -90,12 +92,11 @@ async def serve(
     source = KafkaSource(
         build_consumer(settings.kafka), settings.kafka.input_topic, settings.flow.close_timeout_s
     )
-    executor = ThreadPoolExecutor(
-        settings.imaging.decode_workers, thread_name_prefix="modstream-decode"
-    )
+    pool = DecodePool(settings.imaging.decode_workers, settings.imaging.decode_pool, settings.log)
     try:
         await start_producer(producer, settings.kafka.bootstrap_servers)
-        spec = await scorer.connect()
+        await pool.warm_up()
+        spec = await scorer.connect(_bytes_model(settings))
         if not spec.has_heads:
             # With heads, the check waits for the heads' categories (learn_heads below).
             policies.check_model(ModelCategories(spec.class_names, spec.prototype_categories))
@@ -130,10 +131,13 @@ async def serve(
             source=source,
             preparer=Preparer(
                 fetcher=fetcher,
-                executor=executor,
-                limits=ImageLimits.from_settings(settings.imaging),
-                input_size=spec.input_size,
-                with_pdq=bool(banks),
+                pool=pool,
+                job=DecodeJob(
+                    input_size=spec.input_size,
+                    limits=ImageLimits.from_settings(settings.imaging),
+                    with_pdq=bool(banks),
+                    in_triton=settings.imaging.decode_in == "triton",
+                ),
                 metrics=metrics,
             ),
             scorer=scorer,
@@ -168,11 +172,22 @@ async def serve(
         # Leave the group only after the engine committed; then flush the producer (stop
         # delivers every record already handed to it).
         await source.close()
-        executor.shutdown(wait=False, cancel_futures=True)
+        pool.close()
         await producer.stop()
         await fetcher.close()
         await scorer.close()
         await server.close()
+
+
+def _bytes_model(settings: Settings) -> str | None:
+    """The ensemble taking encoded images, when Triton decodes; None when the consumer does."""
+    if settings.imaging.decode_in == "consumer":
+        return None
+    if settings.banks.path is not None:
+        logger.warning(
+            "images decoded in Triton have no PDQ hash: exemplar banks match by embedding only"
+        )
+    return settings.triton.bytes_model_name or f"{settings.triton.model_name}{BYTES_SUFFIX}"
 
 
 def _engine_settings(settings: Settings) -> EngineSettings:

@@ -42,3 +42,6 @@ if [ ! -f triton_repo/moderation/config.pbtxt ]; then
   .venv/bin/python -m training.heads train --data "$demo" --repo triton_repo \
     --out "$demo/report" --card "$demo/report/model-card.md" --draws 1 --no-progress --export
 fi
+# Decoding in Triton (docs/decoding.md): the preprocess step and a <model>_bytes ensemble for
+# every 224-pixel model above, moderation included.
+.venv/bin/python -m training.bytes_models --repo triton_repo

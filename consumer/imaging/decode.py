@@ -85,6 +85,21 @@ class DecodedImage:
 
 
 @dataclass(frozen=True)
+class EncodedImage:
+    """A still image checked against every limit but left encoded, for Triton to decode
+    (``MODSTREAM_IMAGING__DECODE_IN=triton``)."""
+
+    data: bytes
+    source_width: int
+    """Width as displayed, i.e. after EXIF orientation."""
+    source_height: int
+    source_format: str
+    decode_seconds: float
+    """Time spent checking the header."""
+    source_frames: int = 1
+
+
+@dataclass(frozen=True)
 class ImageLimits:
     """Caps applied to every image before its pixels are decoded."""
 
@@ -153,7 +168,28 @@ def decode_image(data: bytes, size: int, limits: ImageLimits) -> DecodedImage:
     """
     if size < 1:
         raise ValueError(f"target size must be positive, not {size}")
-    started = time.perf_counter()
+    image = _opened(data, size, limits, time.perf_counter(), forward=False)
+    if isinstance(image, EncodedImage):  # unreachable: nothing is forwarded when not asked
+        raise TypeError("decode_image returned an encoded image")
+    return image
+
+
+def check_or_decode(data: bytes, size: int, limits: ImageLimits) -> EncodedImage | DecodedImage:
+    """For decoding in Triton: check a still image against every limit ``decode_image``
+    applies before pixels, and return it still encoded; decode animations and multi-page
+    files here, because their sampled frames are several model inputs.
+
+    Raises ImageRejected exactly as ``decode_image`` does for what the header shows; what
+    only decoding finds (a truncated entropy stream) is reported by Triton's preprocess step.
+    """
+    if size < 1:
+        raise ValueError(f"target size must be positive, not {size}")
+    return _opened(data, size, limits, time.perf_counter(), forward=True)
+
+
+def _opened(
+    data: bytes, size: int, limits: ImageLimits, started: float, *, forward: bool
+) -> EncodedImage | DecodedImage:
     if not data:
         raise ImageRejected(ReasonCode.IMAGE_EMPTY, "image payload is empty")
     if len(data) > limits.max_bytes:
@@ -164,7 +200,9 @@ def decode_image(data: bytes, size: int, limits: ImageLimits) -> DecodedImage:
     data = without_unused_png_text(data)
     try:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-            return _decode_opened(image, size, limits, started, len(data))
+            return _decode_opened(
+                image, size, limits, started, len(data), data if forward else None
+            )
     except (ImageRejected, MemoryError):
         # Memory is capped before decoding, so running out of it says more about the host
         # than about this image: let it surface rather than dead-letter the event.
@@ -222,8 +260,13 @@ def _pillow_pixel_refusal(data: bytes, limits: ImageLimits, exc: Exception) -> I
 
 
 def _decode_opened(
-    image: Image.Image, size: int, limits: ImageLimits, started: float, data_bytes: int
-) -> DecodedImage:
+    image: Image.Image,
+    size: int,
+    limits: ImageLimits,
+    started: float,
+    data_bytes: int,
+    forward: bytes | None,
+) -> EncodedImage | DecodedImage:
     source_format = image.format or "unknown"
     width, height = image.size
     if width < 1 or height < 1:
@@ -268,8 +311,18 @@ def _decode_opened(
             f"{limits.max_decode_bytes // MiB} MiB (MODSTREAM_IMAGING__MAX_DECODE_BYTES)",
         )
 
-    image.load()
     orientation = exif_orientation(image)
+    if forward is not None and indices == [0]:
+        swapped = orientation in SWAPS_AXES
+        return EncodedImage(
+            data=forward,
+            source_width=height if swapped else width,
+            source_height=width if swapped else height,
+            source_format=source_format,
+            decode_seconds=time.perf_counter() - started,
+            source_frames=source_frames,
+        )
+    image.load()
     frames = []
     for index in indices:
         if index:

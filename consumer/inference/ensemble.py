@@ -19,6 +19,8 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from consumer.errors import ConfigError
+from consumer.imaging.decode import ImageLimits
+from consumer.inference import preprocess_model
 from consumer.moderation.heads import (
     BACKBONE_MODEL_PARAMETER,
     HEAD_SCORES_OUTPUT,
@@ -29,6 +31,11 @@ from consumer.moderation.heads import (
 HEADS_VERSION_PARAMETER = "modstream.heads_version"
 PREVIOUS_VERSION_PARAMETER = "modstream.previous_heads_version"
 EMBEDDING = "embedding"
+PREPROCESS_MODEL = "preprocess"
+BYTES_SUFFIX = "_bytes"
+PIXEL_MODEL_PARAMETER = "modstream.pixel_model"
+# The decoded images between the two steps of a bytes ensemble.
+_DECODED = "decoded_image"
 
 # Triton's generated protobuf classes carry no type information.
 ModelConfig: TypeAlias = Any
@@ -131,3 +138,66 @@ def _output(config: ModelConfig, name: str) -> Any:
         if tensor.name == name:
             return tensor
     raise ConfigError(f"model {config.name} has no {name!r} output; heads need the embedding")
+
+
+def preprocess_config(
+    input_size: int,
+    limits: ImageLimits,
+    *,
+    name: str = PREPROCESS_MODEL,
+    max_batch_size: int = 32,
+    instances: int = 2,
+) -> ModelConfig:
+    """The Python-backend step decoding ``image_bytes`` into the model's input, with the
+    consumer's limits as parameters (``consumer.inference.preprocess_model``)."""
+    config = pb.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
+    config.input.add(name=preprocess_model.INPUT, data_type=pb.TYPE_STRING, dims=[1])
+    config.output.add(
+        name=preprocess_model.IMAGE_OUTPUT,
+        data_type=pb.TYPE_UINT8,
+        dims=[input_size, input_size, 3],
+    )
+    for output in (preprocess_model.STATUS_OUTPUT, preprocess_model.DETAIL_OUTPUT):
+        config.output.add(name=output, data_type=pb.TYPE_STRING, dims=[1])
+    config.dynamic_batching.SetInParent()
+    # Decoding is CPU-bound and a Python-backend instance is one process: one per core.
+    config.instance_group.add(kind=pb.ModelInstanceGroup.KIND_CPU, count=instances)
+    config.parameters[preprocess_model.INPUT_SIZE_PARAMETER].string_value = str(input_size)
+    for field, parameter in preprocess_model.LIMIT_PARAMETERS.items():
+        config.parameters[parameter].string_value = str(getattr(limits, field))
+    return config
+
+
+def bytes_ensemble_config(target: ModelConfig, preprocess: ModelConfig) -> ModelConfig:
+    """``<target>_bytes``: encoded image bytes → preprocess → ``target`` (a backbone or the
+    ``moderation`` ensemble), returning the target's outputs and the per-image status."""
+    (target_input,) = target.input
+    (image_output,) = [o for o in preprocess.output if o.name == preprocess_model.IMAGE_OUTPUT]
+    if list(image_output.dims) != list(target_input.dims):
+        raise ConfigError(
+            f"{preprocess.name} makes {list(image_output.dims)} images, {target.name} takes "
+            f"{list(target_input.dims)}: write a preprocess model for its input size"
+        )
+    config = pb.ModelConfig(
+        name=f"{target.name}{BYTES_SUFFIX}",
+        platform="ensemble",
+        max_batch_size=min(target.max_batch_size, preprocess.max_batch_size),
+    )
+    config.input.add(name=preprocess_model.INPUT, data_type=pb.TYPE_STRING, dims=[1])
+    first = config.ensemble_scheduling.step.add(model_name=preprocess.name, model_version=-1)
+    first.input_map[preprocess_model.INPUT] = preprocess_model.INPUT
+    first.output_map[preprocess_model.IMAGE_OUTPUT] = _DECODED
+    second = config.ensemble_scheduling.step.add(model_name=target.name, model_version=-1)
+    second.input_map[target_input.name] = _DECODED
+    for tensor in target.output:
+        added = config.output.add()
+        added.CopyFrom(tensor)
+        added.ClearField("label_filename")
+        second.output_map[tensor.name] = tensor.name
+    for output in (preprocess_model.STATUS_OUTPUT, preprocess_model.DETAIL_OUTPUT):
+        first.output_map[output] = output
+        config.output.add(name=output, data_type=pb.TYPE_STRING, dims=[1])
+    for key, value in target.parameters.items():
+        config.parameters[key].string_value = value.string_value
+    config.parameters[PIXEL_MODEL_PARAMETER].string_value = target.name
+    return config

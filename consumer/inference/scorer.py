@@ -12,16 +12,24 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from consumer.errors import ConfigError, InferenceRejected, InferenceUnavailable, ModelMismatch
-from consumer.imaging.decode import DecodedImage
+from consumer.errors import (
+    ConfigError,
+    EventRejected,
+    InferenceRejected,
+    InferenceUnavailable,
+    ModelMismatch,
+)
+from consumer.imaging.decode import DecodedImage, EncodedImage
 from consumer.inference.breaker import BreakerState, CircuitBreaker
-from consumer.inference.shadow import ShadowHeads, ShadowScores
-from consumer.inference.triton import BatchResult, ModelSpec
+from consumer.inference.model_check import ModelSpec
+from consumer.inference.results import Rows, Scores, entropy, per_image
+from consumer.inference.shadow import ShadowHeads
+from consumer.inference.triton import BatchResult
 from consumer.moderation.heads import HeadsDescriptor, LiveHeads
 from consumer.runtime.health import HealthState
 from consumer.runtime.metrics import Metrics
@@ -32,50 +40,22 @@ logger = logging.getLogger(__name__)
 
 _REFUSED = object()
 
+# Decoded frames (N, S, S, 3) uint8, or encoded images for the bytes ensemble.
+ModelInput: TypeAlias = npt.NDArray[np.uint8] | list[bytes]
+
 
 class Classifier(Protocol):
     """One served model (``TritonClassifier``)."""
 
     async def connect(self, min_batch_size: int) -> ModelSpec: ...
 
+    async def connect_bytes(self, name: str) -> None: ...
+
     async def classify(self, pixels: npt.NDArray[np.uint8]) -> BatchResult: ...
 
+    async def classify_encoded(self, images: Sequence[bytes]) -> BatchResult: ...
+
     async def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One image's model outputs."""
-
-    probs: npt.NDArray[np.float32]
-    """Per category, the highest over the sampled frames."""
-    embedding: npt.NDArray[np.float32]
-    """Of the first frame."""
-    seconds: float
-    """Inference time of the requests that carried the image."""
-    pool_entropy: float | None
-    """Entropy of the pool's mean prediction, highest over the frames; None without a pool."""
-    prototype_similarity: npt.NDArray[np.float32] | None
-    """Per category, the lowest over the frames; None when the model has no prototypes."""
-    head_scores: npt.NDArray[np.float32] | None = None
-    """Per head of ``heads``, the highest over the frames; None without a heads model."""
-    heads: HeadsDescriptor | None = None
-    """The heads version that scored the image."""
-    shadow: ShadowScores | None = None
-    """The candidate heads version's scores, when one is shadowed."""
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """Results for every row (frame) sent, in order."""
-
-    probs: npt.NDArray[np.float32]
-    embeddings: npt.NDArray[np.float32]
-    seconds: float
-    prototype_similarity: npt.NDArray[np.float32] | None
-    pool_entropy: npt.NDArray[np.float32] | None
-    head_scores: npt.NDArray[np.float32] | None = None
-    heads: HeadsDescriptor | None = None
 
 
 @dataclass(frozen=True)
@@ -116,15 +96,23 @@ class Scorer:
         )
         self._spec: ModelSpec | None = None
 
-    async def connect(self) -> ModelSpec:
-        """Check the primary model and every pool member; the primary's spec.
+    async def connect(self, bytes_model: str | None = None) -> ModelSpec:
+        """Check the primary model and every pool member (and, to send images encoded, the
+        bytes ensemble wrapping the primary); the primary's spec.
 
-        Raises ModelMismatch when a model does not fit, InferenceUnavailable when Triton is
-        not ready in time.
+        Raises ModelMismatch when a model does not fit, ConfigError for a pool with encoded
+        images, InferenceUnavailable when Triton is not ready in time.
         """
+        if bytes_model is not None and self._pool:
+            raise ConfigError(
+                "a model pool needs decoded images: MODSTREAM_TRITON__POOL_MODELS cannot be used "
+                "with MODSTREAM_IMAGING__DECODE_IN=triton"
+            )
         spec = await self._primary.connect(self._max_batch_size)
         for member in self._pool:
             _check_pool_member(spec, await member.connect(self._max_batch_size))
+        if bytes_model is not None:
+            await self._primary.connect_bytes(bytes_model)
         self._spec = spec
         self._health.triton_ok = True
         return spec
@@ -156,54 +144,49 @@ class Scorer:
         """False while Triton is down or serves a heads version that was refused."""
         return self._breaker.closed and not self._refused
 
-    async def score(self, images: Sequence[DecodedImage]) -> list[Scores | InferenceRejected]:
+    async def score(
+        self, images: Sequence[DecodedImage | EncodedImage]
+    ) -> list[Scores | EventRejected | InferenceRejected]:
         """Score ``images``, splitting a batch Triton rejects to isolate the bad image.
 
         Every sampled frame of an animated image is classified; the image scores, per
-        category, as high as its worst frame.
+        category, as high as its worst frame. Encoded images go to the bytes ensemble, whose
+        preprocess step may refuse one: that image's result is an ImageRejected with the
+        reason code the consumer's own decode would have given.
         """
         if not images:
             return []
-        counts = [len(image.frames) for image in images]
+        encoded = [isinstance(image, EncodedImage) for image in images]
+        if any(encoded) and not all(encoded):
+            return await self._score_apart(images, encoded)
+        counts = [
+            image.frames.shape[0] if isinstance(image, DecodedImage) else 1 for image in images
+        ]
         try:
-            rows = await self._infer_rows(np.concatenate([image.frames for image in images]))
+            rows = await self._infer_rows(_model_input(images))
         except InferenceRejected as exc:
             if len(images) == 1:
                 return [exc]
             middle = len(images) // 2
             return [*await self.score(images[:middle]), *await self.score(images[middle:])]
         shadow = await self._shadow.score(rows.embeddings) if self._shadow is not None else None
-        results: list[Scores | InferenceRejected] = []
-        start = 0
-        for count in counts:
-            frames = slice(start, start + count)
-            entropies, similarity = rows.pool_entropy, rows.prototype_similarity
-            results.append(
-                Scores(
-                    probs=rows.probs[frames].max(axis=0),
-                    embedding=rows.embeddings[start],
-                    seconds=rows.seconds,
-                    pool_entropy=float(entropies[frames].max()) if entropies is not None else None,
-                    prototype_similarity=(
-                        similarity[frames].min(axis=0) if similarity is not None else None
-                    ),
-                    head_scores=(
-                        rows.head_scores[frames].max(axis=0)
-                        if rows.head_scores is not None
-                        else None
-                    ),
-                    heads=rows.heads,
-                    shadow=(
-                        ShadowScores(shadow[0], shadow[1][frames].max(axis=0))
-                        if shadow is not None
-                        else None
-                    ),
-                )
-            )
-            start += count
-        return results
+        return per_image(rows, counts, shadow)
 
-    async def _infer_rows(self, rows: npt.NDArray[np.uint8]) -> _Rows:
+    async def _score_apart(
+        self, images: Sequence[DecodedImage | EncodedImage], encoded: list[bool]
+    ) -> list[Scores | EventRejected | InferenceRejected]:
+        """Decoded images (animations) and encoded ones go to different models: score each
+        group in its own requests, concurrently, and put the results back in order."""
+        groups = [
+            [i for i, flag in enumerate(encoded) if flag is wanted] for wanted in (False, True)
+        ]
+        scored = await asyncio.gather(*(self.score([images[i] for i in g]) for g in groups))
+        results: dict[int, Scores | EventRejected | InferenceRejected] = {}
+        for group, group_results in zip(groups, scored, strict=True):
+            results.update(zip(group, group_results, strict=True))
+        return [results[i] for i in range(len(images))]
+
+    async def _infer_rows(self, rows: ModelInput) -> Rows:
         """Every row's results, in requests no larger than the batch; with a pool, also the
         entropy of the models' mean prediction per row.
 
@@ -216,7 +199,7 @@ class Scorer:
                 return scored
             await asyncio.sleep(attempts.next_delay() or self._retry.max_s)
 
-    async def _infer_chunks(self, rows: npt.NDArray[np.uint8]) -> _Rows | None:
+    async def _infer_chunks(self, rows: ModelInput) -> Rows | None:
         results: list[BatchResult] = []
         entropies = []
         seconds = 0.0
@@ -237,7 +220,7 @@ class Scorer:
         if served is _REFUSED:
             return None
         heads = served if isinstance(served, HeadsDescriptor) else None
-        return _Rows(
+        return Rows(
             probs=np.concatenate([r.probs for r in results]),
             embeddings=np.concatenate([r.embeddings for r in results]),
             seconds=seconds,
@@ -248,11 +231,11 @@ class Scorer:
             ),
             pool_entropy=np.concatenate(entropies) if entropies else None,
             head_scores=(
-                np.concatenate([r.head_scores for r in results])
-                if heads is not None
-                else None
+                np.concatenate([r.head_scores for r in results]) if heads is not None else None
             ),
             heads=heads,
+            preprocess_status=tuple(s for r in results for s in r.preprocess_status or ()),
+            preprocess_detail=tuple(d for r in results for d in r.preprocess_detail or ()),
         )
 
     def _served_heads(self, result: BatchResult) -> HeadsDescriptor | object | None:
@@ -266,13 +249,16 @@ class Scorer:
             return _REFUSED  # refused since its request was answered, e.g. by a policy change
         return heads
 
-    async def _request(self, pixels: npt.NDArray[np.uint8], classifier: Classifier) -> BatchResult:
+    async def _request(self, pixels: ModelInput, classifier: Classifier) -> BatchResult:
         """One Triton request, retried through outages; InferenceRejected is raised as is."""
         attempts = self._retry.begin()
         while True:
             await self._breaker.acquire()
             try:
-                result = await classifier.classify(pixels)
+                if isinstance(pixels, np.ndarray):
+                    result = await classifier.classify(pixels)
+                else:
+                    result = await classifier.classify_encoded(pixels)
             except InferenceUnavailable as exc:
                 self._health.triton_ok = False
                 self._breaker.record_failure()
@@ -331,11 +317,12 @@ class Scorer:
             self._health.triton_ok = False
 
 
-def entropy(probs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """Shannon entropy (nats) of each row of class probabilities."""
-    clipped = np.clip(probs, 1e-12, 1.0)
-    result: npt.NDArray[np.float32] = -(clipped * np.log(clipped)).sum(axis=-1)
-    return result
+def _model_input(images: Sequence[DecodedImage | EncodedImage]) -> ModelInput:
+    """Every frame of decoded images as one array, or the bytes of encoded ones."""
+    decoded = [image.frames for image in images if isinstance(image, DecodedImage)]
+    if decoded:
+        return np.concatenate(decoded)
+    return [image.data for image in images if isinstance(image, EncodedImage)]
 
 
 def _check_pool_member(primary: ModelSpec, member: ModelSpec) -> None:

@@ -1,10 +1,12 @@
-"""Triton client: check the served model at startup, classify batches, translate gRPC errors."""
+"""Triton client: connect to the served model (checked by ``model_check``), classify batches of
+decoded or encoded images, translate gRPC errors."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -14,26 +16,28 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from consumer.errors import InferenceRejected, InferenceUnavailable, ModelMismatch
+from consumer.errors import InferenceRejected, InferenceUnavailable
+from consumer.inference.model_check import (
+    EMBEDDING_OUTPUT,
+    INPUT_DTYPE,
+    PROBS_OUTPUT,
+    PROTOTYPE_OUTPUT,
+    ModelSpec,
+    check_bytes_model,
+    check_model,
+    parameter_list,
+)
+from consumer.inference.preprocess_model import DETAIL_OUTPUT, STATUS_OUTPUT
+from consumer.inference.preprocess_model import INPUT as BYTES_INPUT
 from consumer.moderation.heads import (
     BACKBONE_MODEL_PARAMETER,
     BACKBONE_SHA_PARAMETER,
     HEAD_SCORES_OUTPUT,
     HEADS_DESCRIPTOR_OUTPUT,
-    HEADS_MODEL_PARAMETER,
 )
 from consumer.runtime.settings import TritonSettings
 
 logger = logging.getLogger(__name__)
-
-INPUT_DTYPE = "UINT8"
-PROBS_OUTPUT = "probs"
-EMBEDDING_OUTPUT = "embedding"
-# Optional: cosine similarity of the embedding to each category's prototype, computed in the
-# graph so the prototypes travel with the model version (NaN for categories without one).
-PROTOTYPE_OUTPUT = "prototype_similarity"
-CLASS_NAMES_PARAMETER = "modstream.class_names"
-PROTOTYPES_PARAMETER = "modstream.prototype_categories"
 
 # gRPC codes after which the same request can succeed later (server restarting, overloaded,
 # model being reloaded); anything else is a property of the input.
@@ -50,27 +54,6 @@ _TRANSIENT_STATUS = {
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What the served model takes and returns, as read from Triton."""
-
-    name: str
-    version: str
-    input_name: str
-    input_size: int
-    class_names: tuple[str, ...]
-    embedding_dim: int
-    max_batch_size: int
-    prototype_categories: tuple[str, ...] = ()
-    """Categories the model has a prototype for; empty when it has no prototype output."""
-    backbone_sha256: str | None = None
-    """sha256 of the backbone's model file (config parameter), which heads must match."""
-    has_heads: bool = False
-    """The model (an ensemble) also returns head scores and the heads descriptor."""
-    heads_model: str | None = None
-    """The heads model inside the ensemble (for shadow scoring a candidate version)."""
-
-
-@dataclass(frozen=True)
 class BatchResult:
     probs: npt.NDArray[np.float32]
     embeddings: npt.NDArray[np.float32]
@@ -80,6 +63,10 @@ class BatchResult:
     """[N, K] with a heads model; K is the serving heads version's."""
     heads_descriptor: bytes | None = None
     """The serving heads version's descriptor (JSON), one per request."""
+    preprocess_status: tuple[str, ...] | None = None
+    """Per image sent encoded: empty, or the reason code Triton's preprocess step refused it
+    with (``consumer.inference.preprocess_model``)."""
+    preprocess_detail: tuple[str, ...] | None = None
 
 
 def error_code(exc: InferenceServerException) -> str:
@@ -103,6 +90,7 @@ class TritonClassifier:
         self._settings = settings
         self._client = triton_aio.InferenceServerClient(url=settings.url)
         self._spec: ModelSpec | None = None
+        self._bytes_model: str | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -119,17 +107,7 @@ class TritonClassifier:
         Raises ModelMismatch when the model's tensors differ from the expected interface and
         InferenceUnavailable when Triton is not ready within ``ready_timeout_s``.
         """
-        deadline = time.monotonic() + self._settings.ready_timeout_s
-        while True:
-            if await self.is_ready():
-                break
-            if time.monotonic() > deadline:
-                raise InferenceUnavailable(
-                    f"model {self._settings.model_name!r} is not ready on Triton at "
-                    f"{self._settings.url} after {self._settings.ready_timeout_s:.0f}s; check "
-                    "that Triton runs and serves it (MODSTREAM_TRITON__URL, __MODEL_NAME)"
-                )
-            await asyncio.sleep(0.5)
+        await self._wait_ready(self._settings.model_name, self._settings.model_version)
         name, version = self._settings.model_name, self._settings.model_version
         try:
             metadata = await self._client.get_model_metadata(name, version, as_json=True)
@@ -137,7 +115,7 @@ class TritonClassifier:
         except InferenceServerException as exc:
             raise translate(exc, f"reading model {name!r} from Triton") from exc
         self._spec = check_model(metadata, config["config"], version, min_batch_size)
-        backbone = next(iter(_parameter_list(config["config"], BACKBONE_MODEL_PARAMETER)), None)
+        backbone = next(iter(parameter_list(config["config"], BACKBONE_MODEL_PARAMETER)), None)
         if backbone is not None:
             # An ensemble repeats its backbone's parameters as they were when it was written;
             # the backbone's own config says what is served now (heads must match that).
@@ -145,7 +123,7 @@ class TritonClassifier:
                 served = await self._client.get_model_config(backbone, as_json=True)
             except InferenceServerException as exc:
                 raise translate(exc, f"reading backbone {backbone!r} from Triton") from exc
-            sha = next(iter(_parameter_list(served["config"], BACKBONE_SHA_PARAMETER)), None)
+            sha = next(iter(parameter_list(served["config"], BACKBONE_SHA_PARAMETER)), None)
             self._spec = replace(self._spec, backbone_sha256=sha)
         logger.info(
             "serving model %s version %s: input %s %dx%d, classes %s, embedding %d-d",
@@ -160,15 +138,39 @@ class TritonClassifier:
         )
         return self._spec
 
-    async def is_ready(self) -> bool:
+    async def connect_bytes(self, name: str) -> None:
+        """Check ``name``, the ensemble taking encoded images for the connected model.
+
+        Raises ModelMismatch when it does not wrap that model or lacks the per-image status,
+        InferenceUnavailable when it is not ready within ``ready_timeout_s``."""
+        await self._wait_ready(name, "")
         try:
-            return bool(
-                await self._client.is_model_ready(
-                    self._settings.model_name, self._settings.model_version
-                )
-            )
+            metadata = await self._client.get_model_metadata(name, as_json=True)
+            config = await self._client.get_model_config(name, as_json=True)
+        except InferenceServerException as exc:
+            raise translate(exc, f"reading model {name!r} from Triton") from exc
+        check_bytes_model(metadata, config["config"], self.spec)
+        self._bytes_model = name
+
+    async def is_ready(self) -> bool:
+        return await self._is_ready(self._settings.model_name, self._settings.model_version)
+
+    async def _is_ready(self, name: str, version: str) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(name, version))
         except InferenceServerException:
             return False
+
+    async def _wait_ready(self, name: str, version: str) -> None:
+        deadline = time.monotonic() + self._settings.ready_timeout_s
+        while not await self._is_ready(name, version):
+            if time.monotonic() > deadline:
+                raise InferenceUnavailable(
+                    f"model {name!r} is not ready on Triton at {self._settings.url} after "
+                    f"{self._settings.ready_timeout_s:.0f}s; check that Triton runs and serves "
+                    "it (MODSTREAM_TRITON__URL, __MODEL_NAME, __BYTES_MODEL_NAME)"
+                )
+            await asyncio.sleep(0.5)
 
     async def classify(self, pixels: npt.NDArray[np.uint8]) -> BatchResult:
         """Run one batch (N, S, S, 3) uint8.
@@ -176,37 +178,56 @@ class TritonClassifier:
         Raises InferenceUnavailable for failures worth retrying and InferenceRejected when
         Triton refuses the input itself.
         """
-        spec = self.spec
-        tensor = InferInput(spec.input_name, list(pixels.shape), INPUT_DTYPE)
+        tensor = InferInput(self.spec.input_name, list(pixels.shape), INPUT_DTYPE)
         tensor.set_data_from_numpy(pixels)
+        return await self._infer(self.spec.name, self._settings.model_version, tensor, ())
+
+    async def classify_encoded(self, images: Sequence[bytes]) -> BatchResult:
+        """Run one batch of encoded images through the bytes ensemble (``connect_bytes``);
+        the result carries each image's preprocess status. Raises like ``classify``."""
+        if self._bytes_model is None:
+            raise RuntimeError("call connect_bytes() before classify_encoded()")
+        column = np.empty((len(images), 1), dtype=np.object_)
+        for index, data in enumerate(images):
+            column[index, 0] = data
+        tensor = InferInput(BYTES_INPUT, [len(images), 1], "BYTES")
+        tensor.set_data_from_numpy(column)
+        return await self._infer(self._bytes_model, "", tensor, (STATUS_OUTPUT, DETAIL_OUTPUT))
+
+    async def _infer(
+        self, model: str, version: str, tensor: InferInput, text_outputs: tuple[str, ...]
+    ) -> BatchResult:
+        spec = self.spec
+        rows = int(tensor.shape()[0])
         names = [PROBS_OUTPUT, EMBEDDING_OUTPUT]
         if spec.prototype_categories:
             names.append(PROTOTYPE_OUTPUT)
         if spec.has_heads:
             names.extend((HEAD_SCORES_OUTPUT, HEADS_DESCRIPTOR_OUTPUT))
-        outputs = [InferRequestedOutput(name) for name in names]
+        names.extend(text_outputs)
         started = time.perf_counter()
         try:
             result = await self._client.infer(
-                spec.name,
+                model,
                 [tensor],
-                model_version=self._settings.model_version,
-                outputs=outputs,
+                model_version=version,
+                outputs=[InferRequestedOutput(name) for name in names],
                 client_timeout=self._settings.timeout_s,
             )
         except InferenceServerException as exc:
-            raise translate(exc, f"inference on {spec.name!r}") from exc
+            raise translate(exc, f"inference on {model!r}") from exc
         elapsed = time.perf_counter() - started
         arrays = {name: result.as_numpy(name) for name in names}
-        if any(array is None or len(array) != len(pixels) for array in arrays.values()):
+        if any(array is None or len(array) != rows for array in arrays.values()):
             raise InferenceRejected(
-                f"model {spec.name!r} returned outputs that do not match the batch of "
-                f"{len(pixels)}; check the model repository"
+                f"model {model!r} returned outputs that do not match the batch of "
+                f"{rows}; check the model repository"
             )
+        texts = {HEADS_DESCRIPTOR_OUTPUT, *text_outputs}
         floats = {
             name: np.asarray(array, dtype=np.float32)
             for name, array in arrays.items()
-            if name != HEADS_DESCRIPTOR_OUTPUT
+            if name not in texts
         }
         descriptor = arrays.get(HEADS_DESCRIPTOR_OUTPUT)
         return BatchResult(
@@ -216,127 +237,12 @@ class TritonClassifier:
             prototype_similarity=floats.get(PROTOTYPE_OUTPUT),
             head_scores=floats.get(HEAD_SCORES_OUTPUT),
             heads_descriptor=bytes(descriptor.reshape(-1)[0]) if descriptor is not None else None,
+            preprocess_status=_texts(arrays.get(STATUS_OUTPUT)),
+            preprocess_detail=_texts(arrays.get(DETAIL_OUTPUT)),
         )
 
 
-def check_model(
-    metadata: dict[str, Any], config: dict[str, Any], wanted_version: str, min_batch_size: int
-) -> ModelSpec:
-    """Validate Triton's metadata/config of a model against the consumer's expectations."""
-    name = str(metadata["name"])
-    problems: list[str] = []
-    inputs = metadata.get("inputs", [])
-    outputs = {o["name"]: o for o in metadata.get("outputs", [])}
-    max_batch_size = int(config.get("max_batch_size", 0))
-    input_size = 0
-    input_name = ""
-    if len(inputs) != 1:
-        problems.append(f"expected exactly one input, found {len(inputs)}")
-    else:
-        tensor = inputs[0]
-        input_name = str(tensor["name"])
-        shape = [int(d) for d in tensor["shape"]]
-        if tensor["datatype"] != INPUT_DTYPE:
-            problems.append(f"input {input_name!r} is {tensor['datatype']}, expected UINT8")
-        if len(shape) != 4 or shape[0] != -1 or shape[3] != 3 or shape[1] != shape[2]:
-            problems.append(
-                f"input {input_name!r} has shape {shape}, expected [-1, S, S, 3] (batched NHWC)"
-            )
-        else:
-            input_size = shape[1]
-    probs = outputs.get(PROBS_OUTPUT)
-    embedding = outputs.get(EMBEDDING_OUTPUT)
-    class_count = 0
-    embedding_dim = 0
-    for label, tensor in ((PROBS_OUTPUT, probs), (EMBEDDING_OUTPUT, embedding)):
-        if tensor is None:
-            problems.append(f"output {label!r} is missing")
-            continue
-        shape = [int(d) for d in tensor["shape"]]
-        if tensor["datatype"] != "FP32" or len(shape) != 2 or shape[0] != -1 or shape[1] < 1:
-            problems.append(
-                f"output {label!r} is {tensor['datatype']} {shape}, expected FP32 [-1, N]"
-            )
-        elif label == PROBS_OUTPUT:
-            class_count = shape[1]
-        else:
-            embedding_dim = shape[1]
-    class_names = _class_names(config)
-    if not class_names:
-        problems.append(f"model config has no parameter {CLASS_NAMES_PARAMETER!r}")
-    elif class_count and len(class_names) != class_count:
-        problems.append(
-            f"{CLASS_NAMES_PARAMETER} lists {len(class_names)} classes, "
-            f"output probs has {class_count}"
-        )
-    prototype_categories = _parameter_list(config, PROTOTYPES_PARAMETER)
-    similarity = outputs.get(PROTOTYPE_OUTPUT)
-    if similarity is not None:
-        shape = [int(d) for d in similarity["shape"]]
-        if similarity["datatype"] != "FP32" or shape != [-1, class_count]:
-            problems.append(
-                f"output {PROTOTYPE_OUTPUT!r} is {similarity['datatype']} {shape}, expected "
-                f"FP32 [-1, {class_count}] (one similarity per class)"
-            )
-        strangers = sorted(set(prototype_categories) - set(class_names))
-        if strangers:
-            problems.append(f"{PROTOTYPES_PARAMETER} names unknown classes {strangers}")
-    elif prototype_categories:
-        problems.append(f"{PROTOTYPES_PARAMETER} is set but output {PROTOTYPE_OUTPUT!r} is missing")
-    problems.extend(_heads_problems(outputs))
-    if max_batch_size < min_batch_size:
-        problems.append(
-            f"model max_batch_size is {max_batch_size}; lower MODSTREAM_BATCHING__MAX_BATCH_SIZE "
-            f"to at most that or raise it in config.pbtxt"
-        )
-    if problems:
-        raise ModelMismatch(
-            f"model {name!r} on Triton does not match what the consumer expects: "
-            + "; ".join(problems)
-        )
-    versions = [str(v) for v in metadata.get("versions", [])]
-    if wanted_version:
-        version = wanted_version
-    elif versions:
-        version = max(versions, key=lambda v: int(v) if v.isdigit() else -1)
-    else:
-        version = "unknown"
-    return ModelSpec(
-        name=name,
-        version=version,
-        input_name=input_name,
-        input_size=input_size,
-        class_names=class_names,
-        embedding_dim=embedding_dim,
-        max_batch_size=max_batch_size,
-        prototype_categories=prototype_categories if similarity is not None else (),
-        backbone_sha256=next(iter(_parameter_list(config, BACKBONE_SHA_PARAMETER)), None),
-        has_heads=HEAD_SCORES_OUTPUT in outputs,
-        heads_model=next(iter(_parameter_list(config, HEADS_MODEL_PARAMETER)), None),
-    )
-
-
-def _heads_problems(outputs: dict[str, Any]) -> list[str]:
-    """Head scores and the descriptor come together, as FP32 [-1, -1] and BYTES [-1, 1]."""
-    scores, descriptor = outputs.get(HEAD_SCORES_OUTPUT), outputs.get(HEADS_DESCRIPTOR_OUTPUT)
-    if scores is None and descriptor is None:
-        return []
-    if scores is None or descriptor is None:
-        return [f"outputs {HEAD_SCORES_OUTPUT!r} and {HEADS_DESCRIPTOR_OUTPUT!r} come together"]
-    problems = []
-    if scores["datatype"] != "FP32" or [int(d) for d in scores["shape"]] != [-1, -1]:
-        problems.append(f"output {HEAD_SCORES_OUTPUT!r} must be FP32 [-1, -1]")
-    if descriptor["datatype"] != "BYTES" or [int(d) for d in descriptor["shape"]] != [-1, 1]:
-        problems.append(f"output {HEADS_DESCRIPTOR_OUTPUT!r} must be BYTES [-1, 1]")
-    return problems
-
-
-def _class_names(config: dict[str, Any]) -> tuple[str, ...]:
-    return _parameter_list(config, CLASS_NAMES_PARAMETER)
-
-
-def _parameter_list(config: dict[str, Any], key: str) -> tuple[str, ...]:
-    """A comma-separated string parameter of the model config, as a tuple."""
-    parameter = config.get("parameters", {}).get(key, {})
-    raw = str(parameter.get("string_value", ""))
-    return tuple(name.strip() for name in raw.split(",") if name.strip())
+def _texts(array: npt.NDArray[Any] | None) -> tuple[str, ...] | None:
+    if array is None:
+        return None
+    return tuple(bytes(item).decode("utf-8", "replace") for item in array.reshape(-1))

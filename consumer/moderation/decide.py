@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from consumer.banks.store import Match
 from consumer.contract.events import Action, Decision, ImageEvent, ModelRef, Reason, Timings
-from consumer.inference.triton import ModelSpec
+from consumer.inference.model_check import ModelSpec
 from consumer.moderation.heads import HeadsDescriptor
 from consumer.moderation.policy import ExemplarSpec, PolicySet, TenantRules, threshold_verdict
 

@@ -24,7 +24,7 @@ from aiokafka import TopicPartition
 from consumer.contract.events import ImageEvent
 from consumer.contract.reasons import ReasonCode
 from consumer.errors import EventRejected, InferenceRejected, ModstreamError
-from consumer.inference.scorer import Scores
+from consumer.inference.results import Scores
 from consumer.pipeline.batcher import MicroBatcher
 from consumer.pipeline.commits import Committer, CommitTracker
 from consumer.pipeline.flow import FlowControl, Signal
@@ -227,11 +227,16 @@ class Engine:
         )
 
     async def _write(
-        self, item: Prepared, result: Scores | InferenceRejected, batch_wait_s: float
+        self,
+        item: Prepared,
+        result: Scores | EventRejected | InferenceRejected,
+        batch_wait_s: float,
     ) -> None:
         if isinstance(result, InferenceRejected):
             rejection = EventRejected(ReasonCode.INFERENCE_REJECTED, str(result))
             await self._write_dead_letter(item.pending, rejection, item.ready.event)
+        elif isinstance(result, EventRejected):
+            await self._write_dead_letter(item.pending, result, item.ready.event)
         elif not self._revoked_meanwhile(item.pending):
             try:
                 await self._outcomes.decision(item, result, batch_wait_s)

@@ -23,8 +23,8 @@ from consumer.contract.events import (
 )
 from consumer.contract.headers import dead_letter_headers, decision_headers
 from consumer.errors import DeliveryError, EventRejected
-from consumer.inference.scorer import Scores
-from consumer.inference.triton import ModelSpec
+from consumer.inference.model_check import ModelSpec
+from consumer.inference.results import Scores
 from consumer.moderation.decide import StageTimes, decide_event
 from consumer.moderation.heads import HeadsDescriptor, LiveHeads
 from consumer.moderation.policy import ModelCategories, PolicySet

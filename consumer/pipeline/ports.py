@@ -19,8 +19,8 @@ from aiokafka.structs import ConsumerRecord
 
 from consumer.contract.events import ImageEvent
 from consumer.errors import EventRejected, InferenceRejected
-from consumer.imaging.decode import DecodedImage
-from consumer.inference.scorer import Scores
+from consumer.imaging.decode import DecodedImage, EncodedImage
+from consumer.inference.results import Scores
 from consumer.pipeline.offsets import Ticket
 from consumer.runtime.retry import RetryPolicy
 
@@ -40,10 +40,11 @@ class Pending:
 
 @dataclass(frozen=True)
 class Ready:
-    """An event parsed and its image decoded: ready for the model."""
+    """An event parsed and its image decoded (or checked, for Triton to decode): ready for
+    the model."""
 
     event: ImageEvent
-    image: DecodedImage
+    image: DecodedImage | EncodedImage
     pdq: bytes | None = None
     """PDQ hash of the first frame, when banks are consulted and the image could be hashed."""
 
@@ -113,8 +114,11 @@ class BatchScorer(Protocol):
         """False while Triton is considered down (the circuit breaker is not closed)."""
         ...
 
-    async def score(self, images: Sequence[DecodedImage]) -> list[Scores | InferenceRejected]:
-        """One result per image, in order; waits out outages rather than failing."""
+    async def score(
+        self, images: Sequence[DecodedImage | EncodedImage]
+    ) -> list[Scores | EventRejected | InferenceRejected]:
+        """One result per image, in order; waits out outages rather than failing. An image
+        Triton's preprocess step refused is an EventRejected with its reason code."""
         ...
 
 

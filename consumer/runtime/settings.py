@@ -72,6 +72,9 @@ class TritonSettings(_Section):
     # disagreement; empty: one model only.
     pool_models: list[str] = Field(default_factory=list)
     # Consecutive unavailability errors that open the circuit breaker (then: pause, probe).
+    # With MODSTREAM_IMAGING__DECODE_IN=triton: the ensemble taking encoded image bytes
+    # (preprocess, then model_name); empty means "<model_name>_bytes".
+    bytes_model_name: str = ""
     breaker_failure_threshold: int = Field(default=3, ge=1)
     breaker_open_s: float = Field(default=0.5, gt=0)
 
@@ -89,6 +92,12 @@ class ImagingSettings(_Section):
     sample_frames: int = Field(default=4, ge=1, le=32)
     max_frames: int = Field(default=1000, ge=1)
     decode_workers: int = Field(default=2, ge=1)
+    # threads: decode in the consumer process (parsing and Pillow's glue hold the interpreter
+    # lock: about 0.7 cores at most); processes: decode_workers worker processes, every core.
+    decode_pool: Literal["threads", "processes"] = "threads"
+    # consumer: decode here; triton: send still images encoded to the model's bytes ensemble
+    # (TritonSettings.bytes_model_name), which decodes them with the same code and limits.
+    decode_in: Literal["consumer", "triton"] = "consumer"
     # Memory one decode may need (frame buffer and decoder copies, estimated from the header
     # before any pixel is decoded); larger images are refused as image_too_many_pixels.
     # decode_workers x this bounds the decode pool's memory (docs/memory.md). The default

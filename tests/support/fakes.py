@@ -15,8 +15,8 @@ from aiokafka.structs import ConsumerRecord
 from consumer.contract.events import ImageEvent
 from consumer.contract.reasons import ReasonCode
 from consumer.errors import DeliveryError, EventRejected, InferenceRejected
-from consumer.imaging.decode import DecodedImage
-from consumer.inference.scorer import Scores
+from consumer.imaging.decode import DecodedImage, EncodedImage
+from consumer.inference.results import Scores
 from consumer.pipeline.ports import Pending, Prepared, Ready, Record, Refused, RevokeHandler
 
 TOPIC = "images"
@@ -138,7 +138,9 @@ class FakeScorer:
         self.broken = False
         """Raise a bug (not an outage) from every call."""
 
-    async def score(self, images: Sequence[DecodedImage]) -> list[Scores | InferenceRejected]:
+    async def score(
+        self, images: Sequence[DecodedImage | EncodedImage]
+    ) -> list[Scores | EventRejected | InferenceRejected]:
         self.batches.append(len(images))
         await self.gate.wait()
         if self.broken:

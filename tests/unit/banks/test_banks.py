@@ -152,7 +152,7 @@ def test_exemplar_match_decides_with_its_reason() -> None:
 
     from consumer.banks.store import Match
     from consumer.contract.events import Action, ImageEvent
-    from consumer.inference.triton import ModelSpec
+    from consumer.inference.model_check import ModelSpec
     from consumer.moderation.decide import StageTimes, decide_event
     from consumer.moderation.policy import TopicRoutes, compile_policy, parse_policy
 
@@ -188,7 +188,7 @@ def test_pool_disagreement_turns_an_allow_into_a_review_only() -> None:
     from datetime import UTC, datetime
 
     from consumer.contract.events import Action, ImageEvent
-    from consumer.inference.triton import ModelSpec
+    from consumer.inference.model_check import ModelSpec
     from consumer.moderation.decide import StageTimes, decide_event
     from consumer.moderation.policy import TopicRoutes, compile_policy, parse_policy
 

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from consumer.errors import ModelMismatch
-from consumer.inference.triton import check_model
+from consumer.inference.model_check import check_model
 
 # The JSON shapes tritonclient returns (int64 fields arrive as strings).
 METADATA: dict[str, Any] = {

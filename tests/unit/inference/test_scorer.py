@@ -5,14 +5,20 @@ result per image."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from consumer.errors import InferenceRejected, InferenceUnavailable, ModelMismatch
-from consumer.inference.scorer import BreakerSettings, Scorer, Scores, entropy
-from consumer.inference.triton import BatchResult, ModelSpec
+from consumer.contract.reasons import ReasonCode
+from consumer.errors import ImageRejected, InferenceRejected, InferenceUnavailable, ModelMismatch
+from consumer.imaging.decode import DecodedImage, EncodedImage
+from consumer.inference.model_check import ModelSpec
+from consumer.inference.results import Scores, entropy
+from consumer.inference.scorer import BreakerSettings, Scorer
+from consumer.inference.triton import BatchResult
 from consumer.runtime.health import HealthState
 from consumer.runtime.metrics import Metrics
 from consumer.runtime.retry import RetryPolicy
@@ -37,6 +43,9 @@ class FakeClassifier:
     async def connect(self, min_batch_size: int) -> ModelSpec:
         return self.model
 
+    async def connect_bytes(self, name: str) -> None:
+        self.bytes_model = name
+
     async def classify(self, pixels: npt.NDArray[np.uint8]) -> BatchResult:
         if self.outages:
             self.outages -= 1
@@ -52,6 +61,25 @@ class FakeClassifier:
             embeddings=np.repeat(first[:, None], 2, axis=1),
             seconds=0.001,
             prototype_similarity=1 - probs,
+        )
+
+    async def classify_encoded(self, images: Sequence[bytes]) -> BatchResult:
+        """Encoded stand-ins: byte 0 is the first pixel; ``refuse:<code>`` is refused by the
+        preprocess step."""
+        self.requests.append(len(images))
+        refused = [data.startswith(b"refuse:") for data in images]
+        pixels = np.zeros((len(images), 1, 1, 3), dtype=np.uint8)
+        for index, data in enumerate(images):
+            pixels[index, 0, 0, 0] = 0 if refused[index] else data[0]
+        result = await self.classify(pixels)
+        self.requests.pop()  # counted once, above
+        return replace(
+            result,
+            preprocess_status=tuple(
+                d.removeprefix(b"refuse:").decode() if r else ""
+                for d, r in zip(images, refused, strict=True)
+            ),
+            preprocess_detail=tuple("bad bytes" if r else "" for r in refused),
         )
 
     async def close(self) -> None:
@@ -145,3 +173,51 @@ async def test_a_pool_member_with_other_classes_is_refused() -> None:
     made, _, _ = scorer(FakeClassifier(), [FakeClassifier(spec(("a", "b", "c")))])
     with pytest.raises(ModelMismatch, match="same classes"):
         await made.connect()
+
+
+def encoded(data: bytes) -> EncodedImage:
+    return EncodedImage(data, 640, 480, "JPEG", 0.0)
+
+
+async def test_encoded_images_go_to_the_bytes_model_and_refusals_keep_their_reason() -> None:
+    primary = FakeClassifier()
+    made, _, _ = scorer(primary)
+    images: list[DecodedImage | EncodedImage] = [
+        encoded(bytes([127])),
+        image(fill=254),  # an animation the consumer decoded: to the pixel model
+        encoded(b"refuse:image_corrupt"),
+        encoded(bytes([0])),
+        encoded(b"refuse:no_such_code"),
+    ]
+    results = await made.score(images)
+    assert len(results) == 5
+    first, decoded, corrupt, clean, unknown = results
+    assert isinstance(first, Scores)
+    assert first.probs[1] == pytest.approx(0.5)
+    assert isinstance(decoded, Scores)
+    assert decoded.probs[1] == pytest.approx(1.0)
+    assert isinstance(clean, Scores)
+    assert clean.probs[1] == 0.0
+    assert isinstance(corrupt, ImageRejected)
+    assert corrupt.code is ReasonCode.IMAGE_CORRUPT
+    assert "bad bytes" in corrupt.message
+    assert "decoded in Triton" in corrupt.message
+    # A status the consumer does not know is still dead-lettered, never scored.
+    assert isinstance(unknown, ImageRejected)
+    assert unknown.code is ReasonCode.INTERNAL_ERROR
+    assert "no_such_code" in unknown.message
+    # one request per model: four encoded images together, the decoded one alone
+    assert sorted(primary.requests) == [1, 4]
+
+
+async def test_a_rejected_encoded_batch_is_bisected_like_a_decoded_one() -> None:
+    primary = FakeClassifier()
+    made, _, _ = scorer(primary)
+    images: list[DecodedImage | EncodedImage] = [encoded(bytes([v])) for v in (1, POISON, 3, 4)]
+    results = await made.score(images)
+    assert [type(r).__name__ for r in results] == [
+        "Scores",
+        "InferenceRejected",
+        "Scores",
+        "Scores",
+    ]

@@ -10,7 +10,7 @@ import pytest
 
 from consumer.contract.events import Action, Decision, ImageEvent
 from consumer.errors import PolicyError
-from consumer.inference.triton import ModelSpec
+from consumer.inference.model_check import ModelSpec
 from consumer.moderation.decide import StageTimes, decide_event
 from consumer.moderation.policy import (
     ModelCategories,
