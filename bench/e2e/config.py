@@ -49,6 +49,10 @@ class BenchConfig:
     model_name: str
     policy_path: Path
     quick: bool
+    modes: tuple[str, ...] = ("threads",)
+    """Consumer modes to run end to end; the first also gets the latency run."""
+    decode_workers: int | None = None
+    """Worker processes of the ``workers`` mode (default: one per usable core)."""
 
 
 def stall_timeout_s(config: BenchConfig) -> float:
@@ -119,6 +123,7 @@ def describe_settings(config: BenchConfig, settings: Settings) -> dict[str, obje
         "latency_load_fraction": LATENCY_LOAD_FRACTION,
         "raw_triton_min_seconds": config.raw_min_seconds,
         "quick": config.quick,
+        "modes": list(config.modes),
         "model": config.model_name,
         "model_repository": str(config.model_repository),
         "policy": str(config.policy_path),

@@ -70,7 +70,15 @@ def stream_result(
         all_committed_s=round(committed_wall - started_wall, 3),
         stage_means=_stage_means(list(unique.values())),
         mean_batch_size=mean_batch_size,
+        first_decision_at=times[0],
+        last_decision_at=times[-1],
     )
+
+
+def record_times(records: Sequence[Record], prefix: str) -> list[float]:
+    """Unix times at which the records keyed ``prefix...`` were produced, in order."""
+    mine = [r for r in records if (r.key or b"").startswith(prefix.encode())]
+    return sorted(r.timestamp / 1000 for r in mine)
 
 
 def latency_result(

@@ -1,4 +1,4 @@
-"""The harness on the broker: publish the events, wait for the group's commits, read outcomes."""
+"""The harness on the broker: publish the events, wait for a group's commits, read outcomes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
+from bench.e2e.child import ConsumerChild
 from bench.e2e.config import TENANTS
 from bench.e2e.images import BenchImage
 from bench.e2e.results import BenchmarkStalled, PublishResult
@@ -22,7 +23,8 @@ from consumer.runtime.settings import KafkaSettings
 # Event ids start with the phase that published them, so outcomes can be told apart.
 E2E_PREFIX: Final = "e2e-"
 LATENCY_PREFIX: Final = "lat-"
-POLL_INTERVAL_S: Final = 0.1
+# Each poll is a request the broker answers while it is being measured: not too often.
+POLL_INTERVAL_S: Final = 0.25
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
@@ -101,10 +103,7 @@ async def publish_paced(
 
 
 async def wait_for_commits(
-    kafka: KafkaSettings,
-    ends: Mapping[int, int],
-    serving: asyncio.Task[None],
-    timeout_s: float,
+    kafka: KafkaSettings, ends: Mapping[int, int], child: ConsumerChild, timeout_s: float
 ) -> float:
     """Poll the group's committed offsets until they reach ``ends``; return that wall time.
 
@@ -116,16 +115,19 @@ async def wait_for_commits(
         partitions = [TopicPartition(kafka.input_topic, p) for p in ends]
         deadline = time.monotonic() + timeout_s
         while True:
-            if serving.done():
-                serving.result()
-                raise BenchmarkStalled("the consumer stopped before committing the backlog")
+            if child.exited():
+                raise BenchmarkStalled(
+                    f"{child.name} exited ({child.returncode}) before committing the backlog:\n"
+                    f"{child.log_tail()}"
+                )
             offsets = await admin.list_consumer_group_offsets(kafka.group_id, partitions=partitions)
             committed = {tp.partition: meta.offset for tp, meta in offsets.items()}
             if all(committed.get(p, -1) >= end for p, end in ends.items()):
                 return time.time()
             if time.monotonic() > deadline:
                 raise BenchmarkStalled(
-                    f"the consumer had committed {committed} of {dict(ends)} after {timeout_s:.0f}s"
+                    f"{child.name} had committed {committed} of {dict(ends)} after "
+                    f"{timeout_s:.0f}s:\n{child.log_tail()}"
                 )
             await asyncio.sleep(POLL_INTERVAL_S)
     finally:
@@ -133,9 +135,18 @@ async def wait_for_commits(
 
 
 async def read_records(
-    kafka: KafkaSettings, topics: Sequence[str], expected: int, timeout_s: float
+    kafka: KafkaSettings,
+    topics: Sequence[str],
+    expected: int,
+    timeout_s: float,
+    since: float | None = None,
 ) -> list[Record]:
-    """Every record of ``topics`` from the start, once ``expected`` arrived or time runs out."""
+    """Every record of ``topics`` (only those produced at or after the Unix time ``since``,
+    when given), once ``expected`` arrived or time runs out.
+
+    ``since`` tells apart what runs writing to the same topics produced; it goes by the
+    records' own timestamps because Tansu's end offsets can lag behind the last batch.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=kafka.bootstrap_servers,
         enable_auto_commit=False,
@@ -145,6 +156,7 @@ async def read_records(
     )
     await consumer.start()
     records: list[Record] = []
+    earliest_ms = since * 1000 if since is not None else None
     try:
         await consumer.topics()  # refreshes metadata so partitions_for_topic knows every topic
         partitions = [
@@ -158,7 +170,9 @@ async def read_records(
         while len(records) < expected and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200)
             for batch in batches.values():
-                records.extend(batch)
+                records.extend(
+                    r for r in batch if earliest_ms is None or r.timestamp >= earliest_ms
+                )
     finally:
         await consumer.stop()
     return records

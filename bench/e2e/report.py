@@ -1,4 +1,4 @@
-"""The run's results as ratios against the targets, a JSON report and a table for the terminal."""
+"""The run's results as ratios against the targets and a JSON report."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ from typing import Final
 
 import numpy as np
 
+from bench.e2e.ceiling import METHOD, run_targets, summarize_run
 from bench.e2e.config import BenchConfig
 from bench.e2e.images import JPEG_QUALITY, NOISE_SIGMA, BenchImage
+from bench.e2e.modes import CONSUMER_DECODE_MODES
 from bench.e2e.results import (
     BenchmarkStalled,
+    BrokerAlone,
     LatencyResult,
     Measurements,
     PublishResult,
@@ -34,27 +37,49 @@ def _ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 3) if denominator > 0 else 0.0
 
 
-def _ratios(measurements: Measurements) -> dict[str, float]:
+def ratios(measurements: Measurements) -> dict[str, float]:
+    """The first mode's throughput against raw Triton, the naive and peer consumers, and the
+    machine limit (when it could be measured)."""
     e2e = measurements.end_to_end
     raw = measurements.raw_triton
     naive = measurements.naive
     if e2e is None or raw is None or naive is None:
         raise BenchmarkStalled("a measurement is missing; the run did not complete")
-    return {
+    values = {
         "end_to_end_vs_raw_triton": _ratio(e2e.decisions_per_s, raw.images_per_s),
         "end_to_end_vs_naive": _ratio(e2e.decisions_per_s, naive.decisions_per_s),
     }
+    peer = measurements.consumers.get("peer")
+    if peer is not None:
+        values["end_to_end_vs_peer"] = _ratio(e2e.decisions_per_s, peer.stream.decisions_per_s)
+    ceiling = measurements.ceiling
+    if ceiling is not None:
+        values["end_to_end_vs_machine_limit"] = _ratio(e2e.decisions_per_s, ceiling.decisions_per_s)
+    return values
 
 
-def _targets(ratios: Mapping[str, float]) -> dict[str, dict[str, object]]:
+def targets(measurements: Measurements) -> dict[str, dict[str, object]]:
+    """Every target with its measured value and whether it is met.
+
+    The ratios to raw Triton and to the naive consumer are the first mode's; the machine-limit
+    and overhead targets are the first consumer-decode mode's (each mode's own are in
+    ``consumers``).
+    """
+    values = ratios(measurements)
     wanted = {
         "end_to_end_vs_raw_triton": TARGET_VS_RAW_TRITON,
         "end_to_end_vs_naive": TARGET_VS_NAIVE,
     }
-    return {
-        name: {"target_at_least": target, "value": ratios[name], "met": ratios[name] >= target}
+    found: dict[str, dict[str, object]] = {
+        name: {"target_at_least": target, "value": values[name], "met": values[name] >= target}
         for name, target in wanted.items()
     }
+    decoding = [m for m in measurements.modes if m in CONSUMER_DECODE_MODES]
+    if decoding and decoding[0] in measurements.consumers:
+        run = measurements.consumers[decoding[0]]
+        for name, target in run_targets(run, measurements.ceiling).items():
+            found[name] = {**target, "mode": run.name}
+    return found
 
 
 def machine_info() -> dict[str, object]:
@@ -88,8 +113,8 @@ def build_report(
     runtime_s: float,
 ) -> dict[str, object]:
     """Everything a run measured, as a JSON-ready dict."""
-    ratios = _ratios(measurements)
     publish = measurements.publish
+    ceiling = measurements.ceiling
     jpeg_sizes = [len(image.jpeg) for image in images]
     return {
         "started_at": started_at.isoformat(timespec="seconds"),
@@ -106,6 +131,7 @@ def build_report(
             "jpeg_bytes_mean": round(float(np.mean(jpeg_sizes))),
             "event_bytes_mean": round(publish.bytes / publish.events) if publish else None,
         },
+        "modes": measurements.modes,
         "measurements": {
             "raw_triton": _as_json(measurements.raw_triton),
             "raw_triton_by_batch_size": [asdict(r) for r in measurements.raw_triton_by_batch_size],
@@ -113,33 +139,62 @@ def build_report(
             "end_to_end": _as_json(measurements.end_to_end),
             "latency": _as_json(measurements.latency),
             "naive": _as_json(measurements.naive),
+            "broker_alone": _as_json(measurements.broker_alone),
         },
         "cpu_per_event_ms_single_thread": measurements.cpu_per_event_ms,
+        "ceiling": {**asdict(ceiling), "method": METHOD} if ceiling is not None else None,
+        "consumers": {
+            name: summarize_run(run, ceiling) for name, run in measurements.consumers.items()
+        },
         "cpu_by_phase": {name: asdict(phase) for name, phase in measurements.phase_cpu.items()},
-        "memory": measurements.resources,
-        "ratios": ratios,
-        "targets": _targets(ratios),
-        "notes": [
-            "Throughput is (decisions - 1) / (last decided_at - first decided_at), read back "
-            "from the output topics: group joins and startup are excluded.",
-            "The naive consumer calls the pipeline's own parse_event, decode_base64 and "
-            "decode_image, so the comparison isolates batching and pipelining.",
-            "Raw Triton repeats passes of `events` pre-decoded images until "
-            "raw_triton_min_seconds have passed; raw_triton_by_batch_size does the same for "
-            "smaller batches (a quarter of that time each) to show how Triton's cost per image "
-            "depends on the batch size.",
-            "Latency is Decision.timings.total_ms (created_at to decision) of events published "
-            "at latency_load_fraction of the end-to-end throughput while the consumer ran.",
-            "For the backlog runs, stage_means.queue_ms and total_ms mostly measure how long "
-            "events waited in the backlog, not the pipeline's latency.",
-            "The broker, tritonserver, the consumer and this harness share the machine's CPUs; "
-            "cpu_by_phase shows each one's CPU seconds, other_processes the rest of the machine.",
-        ],
+        "memory": {
+            **measurements.resources,
+            # The consumer process's own peak; with worker processes, their sum is in
+            # consumers.<name>.peak_group_rss_mb.
+            "consumer_peak_rss_mb": {
+                name: run.peak_rss_mb for name, run in measurements.consumers.items()
+            },
+        },
+        "ratios": ratios(measurements),
+        "targets": targets(measurements),
+        "notes": NOTES,
     }
 
 
+NOTES: Final = [
+    "Throughput is (decisions - 1) / (last decided_at - first decided_at), read back from the "
+    "output topics: group joins and startup are excluded.",
+    "Every consumer runs in a process (group) of its own, configured by MODSTREAM_* variables: "
+    "the pipeline as `modstream run` in each mode, the peer and naive consumers and the "
+    "pass-through consumer as `python -m bench.e2e.baselines`. The harness only publishes, "
+    "polls the group's commits every 0.25 s and samples /proc.",
+    "consumers.*.cpu_per_event_ms is each process group's CPU between the run's first and last "
+    "decision over the decisions after the first, the same window as its throughput; total is "
+    "consumer + triton + broker. whole_run_cpu covers startup to the last commit.",
+    "ceiling.decisions_per_s (the machine limit) = cores / (parse + base64 + decode per event + "
+    "Triton's CPU per image at its cheapest batch size + the broker's CPU per event), each "
+    "measured alone in this run; ceiling.method says how.",
+    "The broker's cost in the limit is for fetching, producing and committing a backlog that "
+    "is already in the broker, as in the end-to-end runs; what publishing it cost the broker "
+    "is measurements.broker_alone.ingest_broker_cpu_ms_per_event.",
+    "The peer consumer sends every image as its own Triton request (up to max_batch_size x "
+    "max_inflight_batches events in flight) and leaves batching to Triton's dynamic batcher; "
+    "triton_mean_batch is images per model execution in Triton during each run.",
+    "The naive consumer calls the pipeline's own parse_event, decode_base64 and decode_image, "
+    "so the comparison isolates batching and pipelining.",
+    "Raw Triton repeats passes of `events` pre-decoded images until raw_triton_min_seconds "
+    "have passed; smaller batch sizes get a quarter of that time each.",
+    "Latency is Decision.timings.total_ms (created_at to decision) of events published at "
+    "latency_load_fraction of the first mode's throughput while that consumer ran.",
+    "For the backlog runs, stage_means.queue_ms and total_ms mostly measure how long events "
+    "waited in the backlog, not the pipeline's latency.",
+    "The broker, tritonserver, the consumer and this harness share the machine's CPUs; "
+    "other_processes is the rest of the machine's busy time in the same intervals.",
+]
+
+
 def _as_json(
-    result: RawTritonResult | PublishResult | StreamResult | LatencyResult | None,
+    result: RawTritonResult | PublishResult | StreamResult | LatencyResult | BrokerAlone | None,
 ) -> dict[str, object] | None:
     return asdict(result) if result is not None else None
 
@@ -153,52 +208,3 @@ def write_report(report: Mapping[str, object], out_dir: Path) -> Path:
     path.write_text(text)
     (out_dir / "latest.json").write_text(text)
     return path
-
-
-def format_table(
-    config: BenchConfig, images: Sequence[BenchImage], m: Measurements, runtime_s: float
-) -> str:
-    """The human summary printed at the end of a run."""
-    raw, e2e, naive, latency = m.raw_triton, m.end_to_end, m.naive, m.latency
-    if raw is None or e2e is None or naive is None or latency is None:
-        raise BenchmarkStalled("a measurement is missing; the run did not complete")
-    ratios = _ratios(m)
-    targets = _targets(ratios)
-    consumer = m.settings.get("consumer", {})
-    batching = consumer.get("batching", {}) if isinstance(consumer, dict) else {}
-    imaging = consumer.get("imaging", {}) if isinstance(consumer, dict) else {}
-    mean_mp = np.mean([i.width * i.height for i in images]) / 1e6
-    mean_kb = np.mean([len(i.jpeg) for i in images]) / 1e3
-    lines = [
-        f"modstream bench: {config.events} events, {mean_mp:.1f} MP JPEGs ({mean_kb:.0f} kB), "
-        f"batch {raw.batch_size} / wait {batching.get('max_wait_ms')} ms, "
-        f"{raw.inflight_batches} in flight, {imaging.get('decode_workers')} decode workers, "
-        f"{os.cpu_count()} CPUs",
-        "",
-        f"{'':24}{'throughput':>16}{'count':>8}{'seconds':>10}",
-        f"{'raw Triton':24}{raw.images_per_s:>10.1f} img/s{raw.images:>8}{raw.seconds:>10.2f}",
-        f"{'end to end':24}{e2e.decisions_per_s:>10.1f} dec/s{e2e.decisions:>8}"
-        f"{e2e.first_to_last_decision_s:>10.2f}   all committed {e2e.all_committed_s:.1f}s "
-        f"after start, mean batch {e2e.mean_batch_size}",
-        f"{'naive consumer':24}{naive.decisions_per_s:>10.1f} dec/s{naive.decisions:>8}"
-        f"{naive.first_to_last_decision_s:>10.2f}",
-        "raw Triton by batch size: "
-        + ", ".join(f"{r.batch_size}: {r.images_per_s:.0f}" for r in m.raw_triton_by_batch_size)
-        + " img/s",
-        "",
-        f"latency at {latency.achieved_rate_per_s:.1f} events/s ({latency.decisions} events): "
-        f"p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms, max {latency.max_ms:.1f} ms",
-        "",
-    ]
-    for name, target in targets.items():
-        verdict = "met" if target["met"] else "MISSED"
-        lines.append(
-            f"{name:28}{target['value']:>8.3f}   target >= {target['target_at_least']}: {verdict}"
-        )
-    if not all(t["met"] for t in targets.values()):
-        lines.append(
-            "note: targets are goals for the pipeline, not a pass/fail of this command; "
-            "see cpu_by_phase in the JSON for where the time goes."
-        )
-    lines.append(f"runtime {runtime_s:.0f}s")
-    return "\n".join(lines) + "\n"

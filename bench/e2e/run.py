@@ -10,7 +10,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -20,12 +20,15 @@ from bench.clone import clone_root
 from bench.e2e.config import DEFAULT_MODEL, BenchConfig
 from bench.e2e.cpu import memory_use
 from bench.e2e.images import SAMPLE_PHOTOS, generate_images
+from bench.e2e.modes import choose_modes, triton_mode_models
 from bench.e2e.phases import measure
-from bench.e2e.report import build_report, format_table, write_report
+from bench.e2e.report import build_report, write_report
 from bench.e2e.results import Measurements
+from bench.e2e.table import format_table
 from bench.local.tansu import TansuBroker
 from bench.local.triton import TritonServer
 from consumer.errors import ConfigError
+from consumer.runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 # Every module of the benchmark logs under this one, so one level covers their progress lines.
@@ -49,13 +52,18 @@ def run_benchmark(
     model_repository: Path | None = None,
     model_name: str = DEFAULT_MODEL,
     policy_path: Path | None = None,
+    modes: Sequence[str] | None = None,
+    decode_workers: int | None = None,
 ) -> int:
-    """Run the three measurements, print a table and write the JSON report; return the exit code.
+    """Run every measurement, print a table and write the JSON report; return the exit code.
 
     ``batch_size`` and ``inflight_batches`` default to the consumer's settings (MODSTREAM_*
     environment included); ``quick`` shortens the latency phase and the raw Triton run, for
-    tests. Returns 0 whether or not the targets are met, 130 when interrupted (Ctrl-C or
-    SIGTERM), after stopping the consumer, the broker and Triton.
+    tests. ``modes`` are the consumer modes run end to end (default: every one this consumer
+    has settings for and the model repository can serve; see ``bench.e2e.modes``);
+    ``decode_workers`` sizes the ``workers`` mode. Returns 0 whether or not the targets are
+    met, 130 when interrupted (Ctrl-C or SIGTERM), after stopping the consumers, the broker
+    and Triton.
 
     Raises ConfigError for impossible arguments or a missing model repository or policy, and
     LocalServiceError when the broker or Triton cannot start or the consumer stalls.
@@ -66,6 +74,8 @@ def run_benchmark(
         raise ConfigError(f"megapixels must be between 0.01 and 60, not {megapixels}")
     if partitions < 1:
         raise ConfigError("the input topic needs at least one partition")
+    if decode_workers is not None and decode_workers < 1:
+        raise ConfigError("the workers mode needs at least one decode worker")
     if model_repository is None:
         model_repository = clone_root() / "triton_repo"
     if policy_path is None:
@@ -73,6 +83,11 @@ def run_benchmark(
     for path in (model_repository, policy_path):
         if not path.exists():
             raise ConfigError(f"{path} does not exist; run the benchmark from the repository")
+    triton_settings = Settings().triton.model_copy(update={"model_name": model_name})
+    chosen = choose_modes(modes, triton_settings, model_repository)
+    served = [model_name]
+    if "triton" in chosen:
+        served += triton_mode_models(triton_settings, model_repository) or []
     config = BenchConfig(
         events=events,
         megapixels=megapixels,
@@ -85,6 +100,8 @@ def run_benchmark(
         model_name=model_name,
         policy_path=policy_path,
         quick=quick,
+        modes=tuple(chosen),
+        decode_workers=decode_workers,
     )
     if _progress.level == logging.NOTSET:
         # Progress lines for a run that takes minutes, without the consumer's own INFO logs.
@@ -95,6 +112,7 @@ def run_benchmark(
     measurements = Measurements()
     restore_sigterm = _sigterm_as_interrupt()
     try:
+        logger.info("consumer modes: %s", ", ".join(chosen))
         logger.info("generating %d photos of about %.1f MP", len(SAMPLE_PHOTOS), megapixels)
         images = generate_images(megapixels)
         with contextlib.ExitStack() as stack:
@@ -103,10 +121,10 @@ def run_benchmark(
                 TansuBroker(log_path=work / "tansu.log", ready_timeout_s=30)
             )
             triton = stack.enter_context(
-                TritonServer(model_repository=model_repository, models=[model_name])
+                TritonServer(model_repository=model_repository, models=served)
             )
             groups = {"broker": broker.pid, "triton": triton.pid}
-            _run_interruptible(measure(config, images, broker, triton, measurements, groups))
+            _run_interruptible(measure(config, images, broker, triton, measurements, groups, work))
             measurements.resources = memory_use(groups)
             logger.info("stopping the broker and Triton")
     except KeyboardInterrupt:

@@ -9,10 +9,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.e2e import TARGET_VS_NAIVE, TARGET_VS_RAW_TRITON, run_benchmark
+from bench.e2e import (
+    TARGET_OUTSIDE_DECODE_AND_INFERENCE_MS,
+    TARGET_VS_MACHINE_LIMIT,
+    TARGET_VS_NAIVE,
+    TARGET_VS_RAW_TRITON,
+    run_benchmark,
+    supported_modes,
+)
 from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -61,11 +69,99 @@ def test_quick_benchmark_reports_every_measurement(
         assert targets[name]["met"] is (ratios[name] >= wanted)
     assert report["machine"]["cpu_count"] >= 1
     assert report["images"]["megapixels"] == pytest.approx([1.0] * 4, abs=0.01)
-    assert {"raw_triton", "end_to_end", "latency", "naive"} <= set(report["cpu_by_phase"])
+    phases = {"raw_triton", "end_to_end", "latency", "naive", "peer", "passthrough"}
+    assert phases <= set(report["cpu_by_phase"])
+
+    _check_ceiling(report)
+    _check_consumers(report)
 
     table = capsys.readouterr().out
-    for label in ("raw Triton", "end to end", "naive consumer", "p99", "end_to_end_vs_naive"):
+    for label in (
+        "raw Triton",
+        "end to end",
+        "naive consumer",
+        "peer consumer",
+        "machine limit",
+        "p99",
+        "end_to_end_vs_naive",
+        "end_to_end_vs_machine_limit",
+    ):
         assert label in table
+
+
+def _check_ceiling(report: dict[str, Any]) -> None:
+    """The machine limit is cores over the stages measured alone, each one present."""
+    ceiling = report["ceiling"]
+    assert ceiling["cores"] == report["machine"]["usable_cpus"]
+    stages = ("parse_ms", "base64_ms", "decode_ms", "inference_ms", "broker_ms")
+    assert all(ceiling[stage] >= 0 for stage in stages)
+    assert ceiling["decode_ms"] > 0
+    assert ceiling["inference_ms"] > 0
+    assert ceiling["per_event_ms"] == pytest.approx(sum(ceiling[s] for s in stages), abs=0.01)
+    assert ceiling["decisions_per_s"] == pytest.approx(
+        ceiling["cores"] * 1000 / ceiling["per_event_ms"], rel=1e-2
+    )
+    assert set(ceiling["method"]) >= {"inference_ms", "broker_ms", "cpu_per_event_ms"}
+    by_batch = report["measurements"]["raw_triton_by_batch_size"]
+    assert all(r["triton_cpu_ms_per_image"] > 0 for r in by_batch)
+    cheapest = min(by_batch, key=lambda r: r["triton_cpu_ms_per_image"])
+    assert ceiling["inference_batch_size"] == cheapest["batch_size"]
+    single = report["cpu_per_event_ms_single_thread"]
+    assert single["decode_image_cpu_ms"] == ceiling["decode_ms"]
+    broker = report["measurements"]["broker_alone"]
+    assert broker["events"] == EVENTS
+    assert broker["broker_cpu_ms_per_event"] == ceiling["broker_ms"]
+    assert broker["decision_bytes"] > 0
+    ratio = report["measurements"]["end_to_end"]["decisions_per_s"] / ceiling["decisions_per_s"]
+    assert report["ratios"]["end_to_end_vs_machine_limit"] == pytest.approx(ratio, rel=1e-2)
+
+
+def _check_consumers(report: dict[str, Any]) -> None:
+    """Every consumer's throughput, CPU per decided event by process, and peak memory."""
+    modes = report["modes"]
+    assert modes[0] == "threads"
+    assert set(modes) <= set(supported_modes())
+    consumers = report["consumers"]
+    assert list(consumers) == [*modes, "peer", "naive"]
+    assert (
+        consumers[modes[0]]["decisions_per_s"]
+        == (report["measurements"]["end_to_end"]["decisions_per_s"])
+    )
+    limit = report["ceiling"]
+    for name, run in consumers.items():
+        assert run["decisions"] == EVENTS, name
+        assert run["dead_letters"] == run["duplicates"] == 0, name
+        cpu = run["cpu_per_event_ms"]
+        deciding = cpu["consumer"] + cpu["triton"] + cpu["broker"]
+        assert cpu["total"] == pytest.approx(deciding, abs=0.01), name
+        assert cpu["consumer"] > 0, name
+        assert cpu["triton"] > 0, name
+        assert run["window"]["events"] == EVENTS - 1, name
+        assert run["peak_rss_mb"] > 0, name
+        assert run["peak_group_rss_mb"] > 0, name
+        assert run["triton_mean_batch"] >= 1, name
+        assert run["vs_machine_limit"] == pytest.approx(
+            run["decisions_per_s"] / limit["decisions_per_s"], rel=1e-2
+        )
+        assert run["outside_decode_and_inference_ms"] == pytest.approx(
+            cpu["total"] - limit["decode_ms"] - limit["inference_ms"], abs=0.01
+        )
+    assert consumers["peer"]["kind"] == "peer"
+    assert consumers["peer"]["settings"]["max_inflight_events"] > 1
+    assert report["memory"]["consumer_peak_rss_mb"]["peer"] == consumers["peer"]["peak_rss_mb"]
+
+    targets = report["targets"]
+    machine = targets["end_to_end_vs_machine_limit"]
+    assert machine["target_at_least"] == TARGET_VS_MACHINE_LIMIT
+    assert machine["met"] is (machine["value"] >= TARGET_VS_MACHINE_LIMIT)
+    outside = targets["outside_decode_and_inference_ms"]
+    assert outside["target_at_most"] == TARGET_OUTSIDE_DECODE_AND_INFERENCE_MS
+    assert outside["met"] is (outside["value"] <= TARGET_OUTSIDE_DECODE_AND_INFERENCE_MS)
+    assert outside["value"] == consumers[outside["mode"]]["outside_decode_and_inference_ms"]
+    assert (
+        consumers["threads"]["targets"]["outside_decode_and_inference_ms"]["value"]
+        == (outside["value"])
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
