@@ -12,6 +12,8 @@ Everything else is internal and may change between versions.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from consumer.contract.events import Action, DeadLetter, Decision, ImageEvent, Reason
 from consumer.contract.parse import parse_event
 from consumer.contract.reasons import ReasonCode
@@ -24,7 +26,9 @@ from consumer.errors import (
     PolicyError,
 )
 from consumer.runtime.settings import Settings
-from consumer.service import serve
+
+if TYPE_CHECKING:
+    from consumer.service import serve
 
 __version__ = "0.1.0"
 
@@ -46,3 +50,13 @@ __all__ = [
     "parse_event",
     "serve",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``serve`` pulls in the whole service (Kafka, Triton, banks, metrics): decode worker
+    # processes and Triton's preprocess step import only the decode stack they run.
+    if name == "serve":
+        from consumer.service import serve
+
+        return serve
+    raise AttributeError(f"module 'consumer' has no attribute {name!r}")

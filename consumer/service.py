@@ -10,6 +10,7 @@ from consumer.banks.store import BankSet
 from consumer.errors import ConfigError, PolicyError
 from consumer.imaging.decode import ImageLimits
 from consumer.imaging.fetch import ImageFetcher
+from consumer.imaging.unpack import DecodeJob
 from consumer.imaging.workers import DecodePool
 from consumer.inference.ensemble import BYTES_SUFFIX
 from consumer.inference.model_check import ModelSpec
@@ -30,7 +31,7 @@ from consumer.pipeline.flow import FlowControl
 from consumer.pipeline.offsets import OffsetTracker
 from consumer.pipeline.outcomes import KafkaOutcomes
 from consumer.pipeline.ports import EngineSettings
-from consumer.pipeline.prepare import DecodeJob, Preparer
+from consumer.pipeline.prepare import Preparer
 from consumer.pipeline.sink import Sink
 from consumer.pipeline.source import KafkaSource
 from consumer.runtime.health import HealthServer, HealthState
@@ -137,6 +138,7 @@ async def serve(
                     limits=ImageLimits.from_settings(settings.imaging),
                     with_pdq=bool(banks),
                     in_triton=settings.imaging.decode_in == "triton",
+                    triton_formats=scorer.encoded_formats,
                 ),
                 metrics=metrics,
             ),

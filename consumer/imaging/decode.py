@@ -174,21 +174,30 @@ def decode_image(data: bytes, size: int, limits: ImageLimits) -> DecodedImage:
     return image
 
 
-def check_or_decode(data: bytes, size: int, limits: ImageLimits) -> EncodedImage | DecodedImage:
+def check_or_decode(
+    data: bytes, size: int, limits: ImageLimits, formats: frozenset[str] = frozenset()
+) -> EncodedImage | DecodedImage:
     """For decoding in Triton: check a still image against every limit ``decode_image``
     applies before pixels, and return it still encoded; decode animations and multi-page
-    files here, because their sampled frames are several model inputs.
+    files here, because their sampled frames are several model inputs, and images in a format
+    outside ``formats`` (when given: what Triton's decoder reads).
 
     Raises ImageRejected exactly as ``decode_image`` does for what the header shows; what
     only decoding finds (a truncated entropy stream) is reported by Triton's preprocess step.
     """
     if size < 1:
         raise ValueError(f"target size must be positive, not {size}")
-    return _opened(data, size, limits, time.perf_counter(), forward=True)
+    return _opened(data, size, limits, time.perf_counter(), forward=True, formats=formats)
 
 
 def _opened(
-    data: bytes, size: int, limits: ImageLimits, started: float, *, forward: bool
+    data: bytes,
+    size: int,
+    limits: ImageLimits,
+    started: float,
+    *,
+    forward: bool,
+    formats: frozenset[str] = frozenset(),
 ) -> EncodedImage | DecodedImage:
     if not data:
         raise ImageRejected(ReasonCode.IMAGE_EMPTY, "image payload is empty")
@@ -200,8 +209,9 @@ def _opened(
     data = without_unused_png_text(data)
     try:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            forwardable = forward and (not formats or image.format in formats)
             return _decode_opened(
-                image, size, limits, started, len(data), data if forward else None
+                image, size, limits, started, len(data), data if forwardable else None
             )
     except (ImageRejected, MemoryError):
         # Memory is capped before decoding, so running out of it says more about the host

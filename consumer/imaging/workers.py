@@ -111,5 +111,5 @@ def _init_worker(log_settings: LogSettings) -> None:
 
 def _ready() -> bool:
     # A worker imports the decode stack when it unpickles its first call; do it at startup.
-    importlib.import_module("consumer.pipeline.prepare")
+    importlib.import_module("consumer.imaging.unpack")
     return True

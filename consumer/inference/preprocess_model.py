@@ -38,6 +38,9 @@ DETAIL_OUTPUT = "preprocess_detail"
 
 INPUT_SIZE_PARAMETER = "modstream.input_size"
 DECODE_PARAMETER = "modstream.decode"
+# The formats the decoder behind a check-only step reads (e.g. JPEG for nvJPEG); the consumer
+# forwards only these and decodes the rest itself. Absent: every allowed format.
+ENCODED_FORMATS_PARAMETER = "modstream.encoded_formats"
 LIMIT_PARAMETERS = {
     "max_bytes": "modstream.max_image_bytes",
     "max_pixels": "modstream.max_pixels",
@@ -58,10 +61,18 @@ class Prepared:
 class Preprocessor:
     """What the Triton model does, without Triton: testable on its own."""
 
-    def __init__(self, size: int, limits: ImageLimits, *, decode: bool = True) -> None:
+    def __init__(
+        self,
+        size: int,
+        limits: ImageLimits,
+        *,
+        decode: bool = True,
+        formats: frozenset[str] = frozenset(),
+    ) -> None:
         self.size = size
         self.limits = limits
         self.decode = decode
+        self.formats = formats
         self.placeholder = _placeholder_jpeg()
 
     @classmethod
@@ -81,6 +92,7 @@ class Preprocessor:
             size,
             ImageLimits(sample_frames=1, **limits),
             decode=parameters.get(DECODE_PARAMETER, "true").lower() != "false",
+            formats=encoded_formats(parameters),
         )
 
     def prepare(self, items: list[bytes]) -> Prepared:
@@ -93,7 +105,7 @@ class Preprocessor:
                 if self.decode:
                     images[index] = decode_image(data, self.size, self.limits).pixels
                 else:
-                    check_or_decode(data, self.size, self.limits)
+                    self._check(data)
             except ImageRejected as exc:
                 code, message = exc.code.value, exc.message
             except Exception as exc:
@@ -106,6 +118,20 @@ class Preprocessor:
             checked.append(data if not code else self.placeholder)
         return Prepared(images, checked, status, detail)
 
+    def _check(self, data: bytes) -> None:
+        checked = check_or_decode(data, self.size, self.limits, self.formats)
+        if self.formats and checked.source_format not in self.formats:
+            raise ImageRejected(
+                ReasonCode.IMAGE_UNSUPPORTED_FORMAT,
+                f"{checked.source_format} is not decoded on this path "
+                f"({', '.join(sorted(self.formats))}); the consumer decodes it itself",
+            )
+
+
+def encoded_formats(parameters: dict[str, str]) -> frozenset[str]:
+    text = parameters.get(ENCODED_FORMATS_PARAMETER, "")
+    return frozenset(name.strip().upper() for name in text.split(",") if name.strip())
+
 
 class TritonPythonModel:
     """The Python-backend model; ``execute`` returns one response per request."""
@@ -117,6 +143,11 @@ class TritonPythonModel:
             for key, value in config.get("parameters", {}).items()
         }
         self.preprocessor = Preprocessor.from_parameters(parameters)
+        # A batch decoder such as DALI takes encoded images as UINT8 rows, not strings.
+        self.padded = any(
+            output["name"] == CHECKED_OUTPUT and output["data_type"] == "TYPE_UINT8"
+            for output in config.get("output", [])
+        )
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
@@ -136,6 +167,8 @@ class TritonPythonModel:
             ]
             if self.preprocessor.decode:
                 outputs.append(pb_utils.Tensor(IMAGE_OUTPUT, prepared.images))
+            elif self.padded:
+                outputs.append(pb_utils.Tensor(CHECKED_OUTPUT, padded_rows(prepared.checked)))
             else:
                 outputs.append(pb_utils.Tensor(CHECKED_OUTPUT, _column(prepared.checked)))
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
@@ -147,6 +180,15 @@ def _column(values: list[str] | list[bytes]) -> npt.NDArray[np.object_]:
     for index, value in enumerate(values):
         column[index, 0] = value.encode() if isinstance(value, str) else value
     return column
+
+
+def padded_rows(items: list[bytes]) -> npt.NDArray[np.uint8]:
+    """Encoded images as rows zero-padded to the longest: JPEG decoders stop at the
+    end-of-image marker and ignore what follows."""
+    rows = np.zeros((len(items), max((len(item) for item in items), default=0)), dtype=np.uint8)
+    for row, item in zip(rows, items, strict=True):
+        row[: len(item)] = np.frombuffer(item, dtype=np.uint8)
+    return rows
 
 
 def _placeholder_jpeg() -> bytes:

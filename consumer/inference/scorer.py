@@ -49,7 +49,7 @@ class Classifier(Protocol):
 
     async def connect(self, min_batch_size: int) -> ModelSpec: ...
 
-    async def connect_bytes(self, name: str) -> None: ...
+    async def connect_bytes(self, name: str) -> frozenset[str]: ...
 
     async def classify(self, pixels: npt.NDArray[np.uint8]) -> BatchResult: ...
 
@@ -95,6 +95,8 @@ class Scorer:
             on_change=self._on_breaker_change,
         )
         self._spec: ModelSpec | None = None
+        self.encoded_formats: frozenset[str] = frozenset()
+        """What the bytes model's decoder reads (``connect``); empty: every format."""
 
     async def connect(self, bytes_model: str | None = None) -> ModelSpec:
         """Check the primary model and every pool member (and, to send images encoded, the
@@ -112,7 +114,7 @@ class Scorer:
         for member in self._pool:
             _check_pool_member(spec, await member.connect(self._max_batch_size))
         if bytes_model is not None:
-            await self._primary.connect_bytes(bytes_model)
+            self.encoded_formats = await self._primary.connect_bytes(bytes_model)
         self._spec = spec
         self._health.triton_ok = True
         return spec

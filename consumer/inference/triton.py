@@ -27,7 +27,11 @@ from consumer.inference.model_check import (
     check_model,
     parameter_list,
 )
-from consumer.inference.preprocess_model import DETAIL_OUTPUT, STATUS_OUTPUT
+from consumer.inference.preprocess_model import (
+    DETAIL_OUTPUT,
+    ENCODED_FORMATS_PARAMETER,
+    STATUS_OUTPUT,
+)
 from consumer.inference.preprocess_model import INPUT as BYTES_INPUT
 from consumer.moderation.heads import (
     BACKBONE_MODEL_PARAMETER,
@@ -38,6 +42,9 @@ from consumer.moderation.heads import (
 from consumer.runtime.settings import TritonSettings
 
 logger = logging.getLogger(__name__)
+
+# How Triton's DALI backend starts the errors it answers a request with.
+_DECODER_ERROR = "DALI"
 
 # gRPC codes after which the same request can succeed later (server restarting, overloaded,
 # model being reloaded); anything else is a property of the input.
@@ -138,8 +145,9 @@ class TritonClassifier:
         )
         return self._spec
 
-    async def connect_bytes(self, name: str) -> None:
-        """Check ``name``, the ensemble taking encoded images for the connected model.
+    async def connect_bytes(self, name: str) -> frozenset[str]:
+        """Check ``name``, the ensemble taking encoded images for the connected model; the
+        formats its decoder reads (empty: every format the consumer allows).
 
         Raises ModelMismatch when it does not wrap that model or lacks the per-image status,
         InferenceUnavailable when it is not ready within ``ready_timeout_s``."""
@@ -151,6 +159,7 @@ class TritonClassifier:
             raise translate(exc, f"reading model {name!r} from Triton") from exc
         check_bytes_model(metadata, config["config"], self.spec)
         self._bytes_model = name
+        return frozenset(parameter_list(config["config"], ENCODED_FORMATS_PARAMETER))
 
     async def is_ready(self) -> bool:
         return await self._is_ready(self._settings.model_name, self._settings.model_version)
@@ -215,7 +224,12 @@ class TritonClassifier:
                 client_timeout=self._settings.timeout_s,
             )
         except InferenceServerException as exc:
-            raise translate(exc, f"inference on {model!r}") from exc
+            error = translate(exc, f"inference on {model!r}")
+            if text_outputs and _DECODER_ERROR in str(exc.message()):
+                # A batch decoder (DALI) fails the whole request on one corrupt image: a
+                # property of the input, so the scorer splits the batch to isolate it.
+                raise InferenceRejected(str(error), error.code) from exc
+            raise error from exc
         elapsed = time.perf_counter() - started
         arrays = {name: result.as_numpy(name) for name in names}
         if any(array is None or len(array) != rows for array in arrays.values()):

@@ -19,7 +19,7 @@ from tests.support.kustomize_lite import render
 from tests.support.paths import DEPLOY, REPO_ROOT
 
 REPO = REPO_ROOT
-OVERLAYS = ("dev", "prod", "heads")
+OVERLAYS = ("dev", "prod", "heads", "gpu", "gpu-fp32")
 KUBERNETES_VERSION = "1.30.0"
 BIN = Path(sys.executable).parent
 CORE_GROUPS = ("v1", "apps/", "batch/", "policy/", "autoscaling/", "networking.k8s.io/")

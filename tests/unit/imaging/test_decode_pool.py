@@ -12,8 +12,8 @@ from PIL import Image
 from consumer.contract.reasons import ReasonCode
 from consumer.errors import EventRejected, ImageRejected, InferenceRejected
 from consumer.imaging.decode import DecodedImage, EncodedImage, ImageLimits, check_or_decode
+from consumer.imaging.unpack import DecodeJob, unpack
 from consumer.imaging.workers import DecodePool, DecodeWorkerLost
-from consumer.pipeline.prepare import DecodeJob, unpack
 from consumer.runtime.settings import LogSettings
 from tests.integration.test_pipeline import image_event
 

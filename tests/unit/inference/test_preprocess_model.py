@@ -7,12 +7,19 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from google.protobuf import json_format
 from PIL import Image
 
 from consumer.errors import ConfigError, ModelMismatch
-from consumer.imaging.decode import ImageLimits, decode_image
+from consumer.imaging.decode import (
+    DecodedImage,
+    EncodedImage,
+    ImageLimits,
+    check_or_decode,
+    decode_image,
+)
 from consumer.inference.ensemble import (
     PIXEL_MODEL_PARAMETER,
     bytes_ensemble_config,
@@ -21,7 +28,7 @@ from consumer.inference.ensemble import (
     render,
 )
 from consumer.inference.model_check import ModelSpec, check_bytes_model
-from consumer.inference.preprocess_model import Preprocessor
+from consumer.inference.preprocess_model import Preprocessor, padded_rows
 from consumer.runtime.settings import ImagingSettings
 from tests.support.paths import TRITON_REPO
 from training.bytes_models import write_bytes_models
@@ -127,3 +134,32 @@ def test_the_consumer_checks_that_the_bytes_model_wraps_its_model() -> None:
     metadata["outputs"] = [o for o in metadata["outputs"] if o["name"] != "preprocess_status"]
     with pytest.raises(ModelMismatch, match="preprocess_status"):
         check_bytes_model(metadata, config, spec)
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_check_for_a_jpeg_decoder_refuses_other_formats_with_a_placeholder() -> None:
+    check = Preprocessor(32, LIMITS, decode=False, formats=frozenset({"JPEG", "MPO"}))
+    prepared = check.prepare([jpeg(), png()])
+    assert prepared.status == ["", "image_unsupported_format"]
+    assert "PNG" in prepared.detail[1]
+    assert prepared.checked[1] == check.placeholder
+
+
+def test_the_consumer_decodes_what_triton_does_not_read_and_forwards_the_rest() -> None:
+    jpeg_only = frozenset({"JPEG"})
+    assert isinstance(check_or_decode(jpeg(), 32, LIMITS, jpeg_only), EncodedImage)
+    assert isinstance(check_or_decode(png(), 32, LIMITS, jpeg_only), DecodedImage)
+    assert isinstance(check_or_decode(png(), 32, LIMITS), EncodedImage)
+
+
+def test_padded_rows_keep_each_image_and_pad_with_zeros() -> None:
+    rows = padded_rows([b"\xff\xd8ab", b"\xff\xd8"])
+    assert rows.dtype == np.uint8
+    assert rows.shape == (2, 4)
+    assert bytes(rows[0]) == b"\xff\xd8ab"
+    assert bytes(rows[1]) == b"\xff\xd8\x00\x00"

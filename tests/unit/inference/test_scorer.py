@@ -43,8 +43,9 @@ class FakeClassifier:
     async def connect(self, min_batch_size: int) -> ModelSpec:
         return self.model
 
-    async def connect_bytes(self, name: str) -> None:
+    async def connect_bytes(self, name: str) -> frozenset[str]:
         self.bytes_model = name
+        return frozenset({"JPEG"})
 
     async def classify(self, pixels: npt.NDArray[np.uint8]) -> BatchResult:
         if self.outages:
