@@ -36,6 +36,7 @@ from consumer.pipeline.sink import Sink
 from consumer.pipeline.source import KafkaSource
 from consumer.runtime.health import HealthServer, HealthState
 from consumer.runtime.kafka import build_consumer, build_producer, build_reader, start_producer
+from consumer.runtime.loop_lag import watch_loop_lag
 from consumer.runtime.metrics import Metrics, TenantLabels
 from consumer.runtime.retry import KAFKA_FETCH, inference_policy
 from consumer.runtime.settings import Settings, TopicSettings
@@ -158,7 +159,9 @@ async def serve(
             metrics=metrics,
         )
         watcher = PolicyWatcher(settings.policy.path, sources, initial_text=policy_text)
-        background: list[asyncio.Task[None]] = []
+        background: list[asyncio.Task[None]] = [
+            asyncio.create_task(watch_loop_lag(metrics.loop_lag_seconds))
+        ]
         interval_s = settings.policy.reload_interval_s
         if interval_s > 0:
             background.append(asyncio.create_task(watcher.run(interval_s)))

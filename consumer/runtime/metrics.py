@@ -66,6 +66,13 @@ class Metrics:
         self.batch_size = Histogram(
             "modstream_batch_size", "Images per Triton request.", buckets=_BATCH_BUCKETS, registry=r
         )
+        self.loop_lag_seconds = Histogram(
+            "modstream_event_loop_lag_seconds",
+            "How late the event loop woke from a 0.25 s sleep: what fetches, heartbeats and "
+            "commits waited.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
         self.decode_seconds = Histogram(
             "modstream_decode_duration_seconds",
             "Time to fetch, decode and resize one image.",
