@@ -25,7 +25,7 @@ async def test_a_blocked_loop_is_measured_as_lag() -> None:
     watcher = asyncio.create_task(watch_loop_lag(histogram, interval_s=0.02))
     await asyncio.sleep(0.1)
     _, idle_sum = _count_and_sum(histogram)
-    time.sleep(0.3)  # what a decode holding the interpreter lock does to the loop
+    time.sleep(0.3)  # noqa: ASYNC251 (what a decode holding the interpreter lock does)
     await asyncio.sleep(0.05)
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
