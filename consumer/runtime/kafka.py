@@ -51,6 +51,7 @@ def build_consumer(settings: KafkaSettings) -> AIOKafkaConsumer:
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         fetch_max_bytes=settings.fetch_max_bytes,
+        check_crcs=settings.check_crcs,
     )
 
 
