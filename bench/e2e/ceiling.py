@@ -10,6 +10,7 @@ alone is its overhead (and the broker's), which the targets bound.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Final
 
 from bench.e2e.cpu import HARNESS, OTHER
@@ -43,6 +44,9 @@ METHOD: Final = {
     "decision (sampled every ~0.1 s, interpolated), divided by the decisions after the first",
     "outside_decode_and_inference_ms": "total (consumer + triton + broker) per decided event "
     "minus decode_ms minus inference_ms",
+    "machine_limit_on_free_cores": "the machine limit on the cores left after what the harness "
+    "and other processes kept busy during the run's window (context on a shared machine; the "
+    "targets use the plain limit)",
 }
 
 
@@ -118,6 +122,14 @@ def vs_limit(run: ConsumerRun, ceiling: Ceiling) -> float:
     return round(run.stream.decisions_per_s / limit, 3) if limit > 0 else 0.0
 
 
+def free_cores_limit(run: ConsumerRun, ceiling: Ceiling) -> float:
+    """The machine limit on the cores the run had: less what the harness and the rest of the
+    machine (other work on a shared machine) kept busy during its window."""
+    taken = run.cpu.cores_busy.get(OTHER, 0.0) + run.cpu.cores_busy.get(HARNESS, 0.0)
+    free = max(ceiling.cores - taken, 0.0)
+    return round(free * 1000 / ceiling.per_event_ms, 2) if ceiling.per_event_ms > 0 else 0.0
+
+
 def summarize_run(run: ConsumerRun, ceiling: Ceiling | None) -> dict[str, object]:
     """One consumer's line of the report: throughput, CPU per event by process, memory."""
     summary: dict[str, object] = {
@@ -131,6 +143,7 @@ def summarize_run(run: ConsumerRun, ceiling: Ceiling | None) -> dict[str, object
         "startup_s": run.stream.startup_s,
         "all_committed_s": run.stream.all_committed_s,
         "mean_batch_size": run.stream.mean_batch_size,
+        "stage_means_ms": asdict(run.stream.stage_means),
         "triton_mean_batch": run.triton_mean_batch,
         "cpu_per_event_ms": {**run.cpu.by_process_ms, "total": run.cpu.total_ms},
         "cores_busy": run.cpu.cores_busy,
@@ -141,6 +154,11 @@ def summarize_run(run: ConsumerRun, ceiling: Ceiling | None) -> dict[str, object
     }
     if ceiling is not None:
         summary["vs_machine_limit"] = vs_limit(run, ceiling)
+        free = free_cores_limit(run, ceiling)
+        summary["machine_limit_on_free_cores"] = free
+        summary["vs_machine_limit_on_free_cores"] = (
+            round(run.stream.decisions_per_s / free, 3) if free > 0 else None
+        )
         summary["outside_decode_and_inference_ms"] = outside_decode_and_inference_ms(
             run.cpu, ceiling
         )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bench.e2e.ceiling import outside_decode_and_inference_ms, vs_limit
+from bench.e2e.ceiling import free_cores_limit, outside_decode_and_inference_ms, vs_limit
 from bench.e2e.config import BenchConfig
 from bench.e2e.images import BenchImage
 from bench.e2e.modes import usable_cores
@@ -26,25 +26,29 @@ def _number(value: float | None, spec: str) -> str:
 
 def _consumer_lines(m: Measurements, ceiling: Ceiling | None) -> list[str]:
     lines = [
-        f"{'':24}{'dec/s':>8}{'vs limit':>9}{'batch':>7}"
+        f"{'':24}{'dec/s':>8}{'vs limit':>9}{'free':>6}{'batch':>7}"
         f"{'CPU ms per decided event: consumer':>36}{'triton':>8}{'broker':>8}{'total':>8}"
         f"{'outside':>9}{'RSS MB':>8}",
     ]
     for run in m.consumers.values():
         cpu = run.cpu.by_process_ms
         ratio = vs_limit(run, ceiling) if ceiling is not None else None
+        free = free_cores_limit(run, ceiling) if ceiling is not None else None
+        on_free = run.stream.decisions_per_s / free if free else None
         outside = outside_decode_and_inference_ms(run.cpu, ceiling) if ceiling else None
         batch = run.stream.mean_batch_size or run.triton_mean_batch
         lines.append(
             f"{_label(run):24}{run.stream.decisions_per_s:>8.1f}{_number(ratio, '.2f'):>9}"
+            f"{_number(on_free, '.2f'):>6}"
             f"{_number(batch, '.1f'):>7}{_number(cpu.get('consumer'), '.1f'):>36}"
             f"{_number(cpu.get('triton'), '.1f'):>8}{_number(cpu.get('broker'), '.1f'):>8}"
             f"{run.cpu.total_ms:>8.1f}{_number(outside, '.1f'):>9}"
             f"{_number(run.peak_group_rss_mb, '.0f'):>8}"
         )
     lines.append(
-        "  batch: the consumer's own mean batch (Triton's images per execution for the peer); "
-        "outside: total minus decode and inference alone"
+        "  free: vs the limit on the cores not busy with other work in the run's window; batch: "
+        "the consumer's own mean batch (Triton's images per execution for the peer); outside: "
+        "total minus decode and inference alone"
     )
     return lines
 

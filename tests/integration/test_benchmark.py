@@ -143,6 +143,7 @@ def _check_consumers(report: dict[str, Any]) -> None:
         assert run["vs_machine_limit"] == pytest.approx(
             run["decisions_per_s"] / limit["decisions_per_s"], rel=1e-2
         )
+        assert 0 < run["machine_limit_on_free_cores"] <= limit["decisions_per_s"]
         assert run["outside_decode_and_inference_ms"] == pytest.approx(
             cpu["total"] - limit["decode_ms"] - limit["inference_ms"], abs=0.01
         )

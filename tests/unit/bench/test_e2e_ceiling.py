@@ -9,6 +9,7 @@ from bench.e2e.ceiling import (
     TARGET_VS_MACHINE_LIMIT,
     build_ceiling,
     cpu_per_event,
+    free_cores_limit,
     outside_decode_and_inference_ms,
     run_targets,
     summarize_run,
@@ -102,6 +103,11 @@ def test_outside_is_total_less_decode_and_inference_alone_and_targets_follow() -
     assert run_targets(_run("triton", 10.0, {"triton": 3.0}), ceiling) == {}
     summary = summarize_run(good, ceiling)
     assert summary["vs_machine_limit"] == pytest.approx(0.95, abs=0.001)
+    # Nothing else ran: the limit on the free cores is the limit.
+    assert summary["machine_limit_on_free_cores"] == pytest.approx(ceiling.decisions_per_s)
+    shared = _run("threads", 30.0, {"consumer": 1.5, "triton": 1.2, "other_processes": 1.0})
+    assert shared.cpu.cores_busy["other_processes"] == 0.5
+    assert free_cores_limit(shared, ceiling) == pytest.approx(1.5 * 1000 / 30.0, abs=0.01)
     assert summary["peak_group_rss_mb"] == 150.0
 
 
