@@ -37,9 +37,9 @@ METHOD: Final = {
     "decode_base64 and decode_image on the run's own events, one thread, nothing else running",
     "inference_ms": "tritonserver's CPU (process group, backend stubs included, /proc) per "
     "image over timed passes of pre-decoded batches, at the batch size where it is lowest",
-    "broker_ms": "the broker's CPU per event between the first and the last record of a "
-    "pass-through consumer (fetch, produce a decision-sized record, commit; no decode, no "
-    "inference) over the same backlog",
+    "broker_ms": "the broker's CPU (/proc) over the whole run of a pass-through consumer "
+    "(fetch, produce a decision-sized record, commit; no decode, no inference) over the same "
+    "backlog, less the broker's idle CPU over as long, per event",
     "cpu_per_event_ms": "CPU seconds of each process group between a run's first and last "
     "decision (sampled every ~0.1 s, interpolated), divided by the decisions after the first",
     "outside_decode_and_inference_ms": "total (consumer + triton + broker) per decided event "

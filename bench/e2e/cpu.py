@@ -34,9 +34,9 @@ class CpuMeter:
 
     Every child this benchmark starts (broker, tritonserver with its backend stubs, the
     consumer under test with its worker processes) leads a process group of its own;
-    ``other_processes`` is the rest of the machine's busy time. A member that exits keeps the
-    CPU it was last seen with, so a group's total never goes down. Elsewhere than Linux only
-    this process is measured.
+    ``other_processes`` is the rest of the machine's busy time (steal included). A member
+    that exits keeps the CPU it was last seen with, so a group's total never goes down.
+    Elsewhere than Linux only this process is measured.
     """
 
     def __init__(self, groups: Mapping[str, int]) -> None:

@@ -189,7 +189,11 @@ NOTES: Final = [
     "For the backlog runs, stage_means.queue_ms and total_ms mostly measure how long events "
     "waited in the backlog, not the pipeline's latency.",
     "The broker, tritonserver, the consumer and this harness share the machine's CPUs; "
-    "other_processes is the rest of the machine's busy time in the same intervals.",
+    "other_processes is the rest of the machine's busy time in the same intervals (time a "
+    "hypervisor stole included).",
+    "The stages alone are measured on an otherwise quiet machine; with every core busy the "
+    "same work can cost more CPU (shared caches and memory bandwidth), which the end-to-end "
+    "figures include and the limit does not.",
 ]
 
 
