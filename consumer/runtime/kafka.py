@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Sequence
 from typing import Any
 
+import aiokafka.conn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
 from consumer.errors import BrokerUnavailable
-from consumer.runtime.settings import KafkaSettings
+from consumer.runtime.settings import KafkaSettings, MiB
+
+logger = logging.getLogger(__name__)
+
+# aiokafka reads every response through an asyncio StreamReader with a 64 KiB limit, which
+# pauses the socket each time 128 KiB are buffered: a fetch of megabyte images pays a pause,
+# a resume and a task wakeup per 128 KiB. With 4 MiB the fetch path costs 1.9 ms of CPU per
+# 1.2 MB event instead of 3.4-4.0 (bench: reading 300 such records from Tansu).
+# Memory: each connection may buffer up to twice this before the socket is paused.
+READER_LIMIT = 4 * MiB
+
+
+def _raise_reader_limit() -> None:
+    if not hasattr(aiokafka.conn, "READER_LIMIT"):
+        logger.warning("aiokafka.conn.READER_LIMIT is gone: large fetches cost more CPU")
+        return
+    aiokafka.conn.READER_LIMIT = max(aiokafka.conn.READER_LIMIT, READER_LIMIT)
 
 
 def _common(settings: KafkaSettings) -> dict[str, Any]:
@@ -39,6 +57,7 @@ def _common(settings: KafkaSettings) -> dict[str, Any]:
 
 def build_consumer(settings: KafkaSettings) -> AIOKafkaConsumer:
     """A group consumer with manual commits; the pipeline decides when offsets are safe."""
+    _raise_reader_limit()
     return AIOKafkaConsumer(
         **_common(settings),
         group_id=settings.group_id,
