@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--quick", action="store_true", help="shorter raw Triton and latency phases (smoke test)"
     )
+    bench.add_argument(
+        "--modes",
+        help="comma-separated consumer modes: threads, workers, triton (default: every one)",
+    )
+    bench.add_argument(
+        "--decode-workers", type=int, help="worker processes of the workers mode (default: cores)"
+    )
     bench.set_defaults(handler=_bench)
 
     policy = commands.add_parser("policy", help="policy tools")
@@ -274,7 +281,12 @@ def _bench(args: argparse.Namespace) -> int:
     configure_logging(LogSettings(json_format=False, level="WARNING"))
     out_dir = args.out if args.out is not None else clone_root() / "bench" / "results"
     return run_benchmark(
-        events=args.events, megapixels=args.megapixels, out_dir=out_dir, quick=args.quick
+        events=args.events,
+        megapixels=args.megapixels,
+        out_dir=out_dir,
+        quick=args.quick,
+        modes=args.modes.split(",") if args.modes else None,
+        decode_workers=args.decode_workers,
     )
 
 
