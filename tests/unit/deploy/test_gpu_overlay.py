@@ -17,11 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import numpy as np
 import pytest
-import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
@@ -29,18 +26,13 @@ from consumer.inference.ensemble import ensemble_config, heads_config, read_conf
 from tests.support.kustomize_lite import render as render_overlay
 from tests.support.paths import DEPLOY, REPO_ROOT
 from tests.unit.deploy.test_deploy import (
-    CORE_GROUPS,
-    KUBERNETES_VERSION,
     _by_kind,
-    _crd_schemas,
-    _strip_hashes,
 )
 from training.nsfwjs.export import triton_config
 from training.nsfwjs.models import get_config
 from training.prototypes import Prototypes
 
 GPU = DEPLOY / "triton-gpu"
-OVERLAYS = ("gpu", "gpu-fp32")
 BACKBONE = "nsfw_mobilenet_v2"
 STATUS_OUTPUTS = ("preprocess_status", "preprocess_detail")
 # The TensorRT execution accelerator's parameters in Triton 24.10's onnxruntime backend
@@ -425,29 +417,7 @@ def test_assembly_refuses_a_backbone_of_another_size(
 # ── the overlays ───────────────────────────────────────────────────────────────────────
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_overlay_renders_valid_objects(overlay: str) -> None:
-    resources = render_overlay(DEPLOY / "overlays" / overlay)
-    kubectl = shutil.which("kubectl")
-    if kubectl is not None:
-        output = subprocess.run(
-            [kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-        real = [doc for doc in yaml.safe_load_all(output) if doc]
-        assert _strip_hashes(real) == _strip_hashes(resources)
-    crds = _crd_schemas()
-    for resource in resources:
-        api, kind = resource["apiVersion"], resource["kind"]
-        if api.startswith(CORE_GROUPS):
-            kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
-        else:
-            jsonschema.validators.validator_for(crds[f"{api}/{kind}"])(
-                crds[f"{api}/{kind}"]
-            ).validate(resource)
+# Rendering and validating both overlays: test_deploy.py (OVERLAYS).
 
 
 def test_the_triton_pod_assembles_and_loads_the_gpu_models() -> None:
