@@ -103,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--decode-workers", type=int, help="worker processes of the workers mode (default: cores)"
     )
+    bench.add_argument(
+        "--raw",
+        action="store_true",
+        help="publish raw-image records (image bytes as the value) instead of JSON events",
+    )
     bench.set_defaults(handler=_bench)
 
     policy = commands.add_parser("policy", help="policy tools")
@@ -287,6 +292,7 @@ def _bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         modes=args.modes.split(",") if args.modes else None,
         decode_workers=args.decode_workers,
+        raw=args.raw,
     )
 
 

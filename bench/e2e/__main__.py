@@ -37,6 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="default: the consumer's setting")
     parser.add_argument("--inflight-batches", type=int, help="default: the consumer's setting")
     parser.add_argument("--partitions", type=int, default=4, help="of the input topic")
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="publish raw-image records (the JPEG as the value, the event fields as headers) "
+        "instead of JSON events with the image inline as base64",
+    )
     args = parser.parse_args(argv)
     configure_logging(LogSettings(json_format=False, level="WARNING"))
     modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
@@ -51,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quick=args.quick,
             modes=modes,
             decode_workers=args.decode_workers,
+            raw=args.raw,
         )
     except ConfigError as exc:
         logger.error("%s", exc)

@@ -33,7 +33,7 @@ TARGET_OUTSIDE_DECODE_AND_INFERENCE_MS: Final = 5.0
 DECIDING: Final = ("consumer", "triton", "broker")
 
 METHOD: Final = {
-    "parse_ms, base64_ms, decode_ms": "thread CPU time (time.thread_time) of parse_event, "
+    "parse_ms, base64_ms, decode_ms": "thread CPU time (time.thread_time) of parse_record, "
     "decode_base64 and decode_image on the run's own events, one thread, nothing else running",
     "inference_ms": "tritonserver's CPU (process group, backend stubs included, /proc) per "
     "image over timed passes of pre-decoded batches, at the batch size where it is lowest",
@@ -48,6 +48,21 @@ METHOD: Final = {
     "and other processes kept busy during the run's window (context on a shared machine; the "
     "targets use the plain limit)",
 }
+
+
+RAW_STAGES_METHOD: Final = (
+    "thread CPU time (time.thread_time) of parse_record and decode_image on raw-image records "
+    "as the run publishes them (the JPEG as the value, the event fields as headers), one "
+    "thread, nothing else running; parse reads the headers only, and base64_ms is 0: a raw "
+    "record carries the image bytes, there is no base64 to decode"
+)
+
+
+def method(raw: bool) -> dict[str, str]:
+    """How each figure of the limit is measured, for events in the run's format."""
+    if not raw:
+        return dict(METHOD)
+    return {**METHOD, "parse_ms, base64_ms, decode_ms": RAW_STAGES_METHOD}
 
 
 def _ms(value: float) -> float:
@@ -151,6 +166,7 @@ def summarize_run(run: ConsumerRun, ceiling: Ceiling | None) -> dict[str, object
         "whole_run_cpu": {"wall_s": run.whole_run.wall_s, "cpu_s": run.whole_run.cpu_s},
         "peak_rss_mb": run.peak_rss_mb,
         "peak_group_rss_mb": run.peak_group_rss_mb,
+        "loop_lag": asdict(run.loop_lag) if run.loop_lag is not None else None,
     }
     if ceiling is not None:
         summary["vs_machine_limit"] = vs_limit(run, ceiling)

@@ -53,6 +53,13 @@ class BenchConfig:
     """Consumer modes to run end to end; the first also gets the latency run."""
     decode_workers: int | None = None
     """Worker processes of the ``workers`` mode (default: one per usable core)."""
+    raw: bool = False
+    """Publish raw-image records (the JPEG as the value, the event fields as headers) instead
+    of JSON events with the image inline as base64."""
+
+
+def event_format(config: BenchConfig) -> str:
+    return "raw" if config.raw else "json"
 
 
 def stall_timeout_s(config: BenchConfig) -> float:
@@ -123,6 +130,7 @@ def describe_settings(config: BenchConfig, settings: Settings) -> dict[str, obje
         "latency_load_fraction": LATENCY_LOAD_FRACTION,
         "raw_triton_min_seconds": config.raw_min_seconds,
         "quick": config.quick,
+        "event_format": event_format(config),
         "modes": list(config.modes),
         "model": config.model_name,
         "model_repository": str(config.model_repository),

@@ -27,6 +27,7 @@ from bench.e2e.results import (
     BrokerAlone,
     ConsumerRun,
     LatencyResult,
+    LoopLag,
     PhaseCpu,
     PublishResult,
     StreamResult,
@@ -43,6 +44,10 @@ SAMPLE_INTERVAL_S: Final = 0.1
 IDLE_PROBE_S: Final = 1.0
 BATCH_METRICS: Final = ("modstream_batch_size_sum", "modstream_batch_size_count")
 TRITON_METRICS: Final = ("nv_inference_count", "nv_inference_exec_count")
+LOOP_LAG: Final = "modstream_event_loop_lag_seconds"
+# The bound the loop-lag share is reported against: a wake-up this late has held up fetches,
+# heartbeats and commits for longer than a batch takes to fill.
+LATE_WAKEUP_LE: Final = "0.1"
 
 
 @dataclass
@@ -90,6 +95,27 @@ def _mean(images: float, batches: float) -> float | None:
     return round(images / batches, 2) if batches > 0 else None
 
 
+def loop_lag(total_s: float, wakeups: float, on_time: float) -> LoopLag:
+    """Mean lag and share of late wake-ups from the histogram's _sum, _count and the
+    cumulative bucket ``le=LATE_WAKEUP_LE`` (wake-ups at most that late)."""
+    if wakeups <= 0:
+        return LoopLag(wakeups=0, mean_ms=None, over_100ms_share=None)
+    return LoopLag(
+        wakeups=round(wakeups),
+        mean_ms=round(total_s * 1000 / wakeups, 3),
+        over_100ms_share=round(max(0.0, wakeups - on_time) / wakeups, 4),
+    )
+
+
+async def _scrape_loop_lag(metrics_url: str) -> LoopLag:
+    """The pipeline's loop lag so far (the histogram counts from the consumer's start)."""
+    totals = await scrape(metrics_url, (f"{LOOP_LAG}_sum", f"{LOOP_LAG}_count"), {})
+    bucket = await scrape(metrics_url, (f"{LOOP_LAG}_bucket",), {"le": LATE_WAKEUP_LE})
+    return loop_lag(
+        totals[f"{LOOP_LAG}_sum"], totals[f"{LOOP_LAG}_count"], bucket[f"{LOOP_LAG}_bucket"]
+    )
+
+
 def _run(
     kind: str, name: str, settings: dict[str, object], stream: StreamResult, sampler: Sampler
 ) -> ConsumerRun:
@@ -133,6 +159,8 @@ async def run_pipeline(
     async with _watched(bench, child) as sampler:
         committed = await wait_for_commits(kafka, bench.backlog.ends, child, bench.stall_s)
         batches = await scrape(metrics_url, BATCH_METRICS, {})
+        # Read at the end of the backlog, before the latency run adds its quieter wake-ups.
+        lag = await _scrape_loop_lag(metrics_url)
         triton_after = await _triton_batches(bench)
         outcomes = await read_records(kafka, outcome_topics, events, timeout_s=60, since=started)
         stream = stream_result(
@@ -144,7 +172,7 @@ async def run_pipeline(
             )
     run = _run("pipeline", mode, describe_mode(settings), stream, sampler)
     triton_batch = _mean(triton_after[0] - triton_before[0], triton_after[1] - triton_before[1])
-    return replace(run, triton_mean_batch=triton_batch), paced
+    return replace(run, triton_mean_batch=triton_batch, loop_lag=lag), paced
 
 
 async def _latency(
@@ -167,7 +195,13 @@ async def _latency(
     try:
         began = time.time()
         paced = await publish_paced(
-            producer, kafka.input_topic, bench.images, rate, config.latency_seconds, config.events
+            producer,
+            kafka.input_topic,
+            bench.images,
+            rate,
+            config.latency_seconds,
+            config.events,
+            raw=config.raw,
         )
     finally:
         await producer.stop()

@@ -1,5 +1,5 @@
 """The baseline: a consumer that reads, decodes, classifies, produces and commits one event at a
-time, with the functions the pipeline itself calls."""
+time, with the functions the pipeline itself calls (JSON events and raw-image records alike)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,26 @@ from aiokafka import TopicPartition
 
 from bench.e2e.publish import Record
 from bench.e2e.results import BenchmarkStalled
-from consumer.contract.parse import parse_event
+from consumer.contract.events import ImageEvent
+from consumer.contract.headers import Headers
+from consumer.contract.parse import parse_record
 from consumer.imaging.decode import ImageLimits, decode_base64, decode_image
 from consumer.inference.triton import TritonClassifier
 from consumer.moderation.decide import StageTimes, decide_event
 from consumer.moderation.policy import PolicySet
 from consumer.runtime.kafka import build_consumer, build_producer
 from consumer.runtime.settings import Settings
+
+
+def read_image(
+    value: bytes | None, headers: Headers | None, limits: ImageLimits
+) -> tuple[ImageEvent, bytes]:
+    """The event and its image bytes, as the pipeline reads them: a raw-image record's value,
+    or a JSON event's inline base64 decoded."""
+    parsed = parse_record(value, headers)
+    if parsed.image is not None:
+        return parsed.event, parsed.image
+    return parsed.event, decode_base64(parsed.event.image_b64 or "", limits)
 
 
 async def run_naive_consumer(
@@ -59,10 +72,8 @@ async def run_naive_consumer(
                     consumer.pause(partition)
                     remaining.discard(record.partition)
                     continue
-                event = parse_event(record.value)
-                image = decode_image(
-                    decode_base64(event.image_b64 or "", limits), spec.input_size, limits
-                )
+                event, data = read_image(record.value, record.headers, limits)
+                image = decode_image(data, spec.input_size, limits)
                 result = await classifier.classify(image.pixels[np.newaxis])
                 times = StageTimes(
                     consumed_at=datetime.now(UTC),

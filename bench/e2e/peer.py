@@ -18,11 +18,12 @@ from datetime import UTC, datetime
 import numpy as np
 from aiokafka import TopicPartition
 
+from bench.e2e.naive import read_image
 from bench.e2e.publish import Record
 from bench.e2e.results import BenchmarkStalled
 from consumer.contract.events import ImageEvent
-from consumer.contract.parse import parse_event
-from consumer.imaging.decode import DecodedImage, ImageLimits, decode_base64, decode_image
+from consumer.contract.headers import Headers
+from consumer.imaging.decode import DecodedImage, ImageLimits, decode_image
 from consumer.inference.triton import TritonClassifier
 from consumer.moderation.decide import StageTimes, decide_event
 from consumer.moderation.policy import PolicySet
@@ -31,11 +32,10 @@ from consumer.runtime.settings import Settings
 
 
 def _prepare(
-    value: bytes | None, input_size: int, limits: ImageLimits
+    value: bytes | None, headers: Headers | None, input_size: int, limits: ImageLimits
 ) -> tuple[ImageEvent, DecodedImage]:
-    event = parse_event(value or b"")
-    raw = decode_base64(event.image_b64 or "", limits)
-    return event, decode_image(raw, input_size, limits)
+    event, data = read_image(value, headers, limits)
+    return event, decode_image(data, input_size, limits)
 
 
 class _Offsets:
@@ -97,7 +97,7 @@ async def run_peer_consumer(
         try:
             consumed_at = datetime.now(UTC)
             event, image = await loop.run_in_executor(
-                None, _prepare, record.value, spec.input_size, limits
+                None, _prepare, record.value, record.headers, spec.input_size, limits
             )
             result = await classifier.classify(image.pixels[np.newaxis])
             times = StageTimes(consumed_at, image.decode_seconds, 0.0, result.seconds)

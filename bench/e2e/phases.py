@@ -15,6 +15,7 @@ from bench.e2e.config import (
     consumer_settings,
     decision_topics,
     describe_settings,
+    event_format,
 )
 from bench.e2e.consumers import Bench, run_baseline, run_broker_alone, run_pipeline
 from bench.e2e.cpu import CpuMeter
@@ -71,9 +72,16 @@ async def measure(
     producer = build_producer(kafka)
     await producer.start()
     try:
-        logger.info("publishing a backlog of %d events to %s", config.events, kafka.input_topic)
+        logger.info(
+            "publishing a backlog of %d %s events to %s",
+            config.events,
+            event_format(config),
+            kafka.input_topic,
+        )
         with meter.phase("publish_backlog", measurements.phase_cpu):
-            backlog = await publish_backlog(producer, kafka.input_topic, images, config.events)
+            backlog = await publish_backlog(
+                producer, kafka.input_topic, images, config.events, raw=config.raw
+            )
     finally:
         await producer.stop()
     measurements.publish = backlog
@@ -136,7 +144,9 @@ async def _stages_alone(
         spec = await classifier.connect(batch_size)
         logger.info("parse, base64 and decode alone, one event at a time")
         rounds = 1 if config.quick else 3
-        measurements.cpu_per_event_ms = per_event_costs(images, spec.input_size, limits, rounds)
+        measurements.cpu_per_event_ms = per_event_costs(
+            images, spec.input_size, limits, rounds, raw=config.raw
+        )
         pool = [decode_image(image.jpeg, spec.input_size, limits).pixels for image in images]
         logger.info("raw Triton: batches of %d, %d in flight", batch_size, inflight)
         with meter.phase("raw_triton", measurements.phase_cpu):

@@ -16,8 +16,7 @@ from bench.e2e.child import ConsumerChild
 from bench.e2e.config import TENANTS
 from bench.e2e.images import BenchImage
 from bench.e2e.results import BenchmarkStalled, PublishResult
-from consumer.contract.events import ImageEvent
-from consumer.produce import build_event
+from consumer.produce import OutgoingRecord, build_event, json_record, raw_record
 from consumer.runtime.settings import KafkaSettings
 
 # Event ids start with the phase that published them, so outcomes can be told apart.
@@ -25,6 +24,9 @@ E2E_PREFIX: Final = "e2e-"
 LATENCY_PREFIX: Final = "lat-"
 # Each poll is a request the broker answers while it is being measured: not too often.
 POLL_INTERVAL_S: Final = 0.25
+
+# The bench's photos are JPEGs (bench.e2e.images).
+RAW_CONTENT_TYPE: Final = "image/jpeg"
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
@@ -38,14 +40,24 @@ def _sources(
         yield f"{prefix}{i:06d}", tenant, image.jpeg
 
 
+def outgoing(jpeg: bytes, tenant: str, event_id: str, raw: bool) -> OutgoingRecord:
+    """One event as a record: a JSON ImageEvent with the image inline as base64, or (``raw``)
+    a raw-image record, the JPEG as the value and the event fields as headers. Its created_at
+    is now."""
+    if raw:
+        return raw_record(jpeg, tenant, RAW_CONTENT_TYPE, event_id)
+    return json_record(build_event(jpeg, tenant, event_id))
+
+
 async def _send(
-    producer: AIOKafkaProducer, topic: str, event: ImageEvent
+    producer: AIOKafkaProducer, topic: str, record: OutgoingRecord
 ) -> tuple[int, asyncio.Future[RecordMetadata]]:
-    value = event.model_dump_json().encode()
+    """Send ``record``; return the bytes of its value and headers, and its acknowledgement."""
     ack: asyncio.Future[RecordMetadata] = await producer.send(
-        topic, value, key=event.event_id.encode()
+        topic, record.value, key=record.key, headers=record.headers or None
     )
-    return len(value), ack
+    size = len(record.value) + sum(len(k) + len(v) for k, v in record.headers)
+    return size, ack
 
 
 async def _ends(acks: Sequence[asyncio.Future[RecordMetadata]]) -> dict[int, int]:
@@ -57,14 +69,19 @@ async def _ends(acks: Sequence[asyncio.Future[RecordMetadata]]) -> dict[int, int
 
 
 async def publish_backlog(
-    producer: AIOKafkaProducer, topic: str, images: Sequence[BenchImage], count: int
+    producer: AIOKafkaProducer,
+    topic: str,
+    images: Sequence[BenchImage],
+    count: int,
+    raw: bool = False,
 ) -> PublishResult:
-    """Publish ``count`` events keyed by event_id and wait for every acknowledgement."""
+    """Publish ``count`` events keyed by event_id (raw-image records if ``raw``) and wait for
+    every acknowledgement."""
     began = time.perf_counter()
     acks = []
     total = 0
     for event_id, tenant, jpeg in _sources(images, E2E_PREFIX, count):
-        size, ack = await _send(producer, topic, build_event(jpeg, tenant, event_id))
+        size, ack = await _send(producer, topic, outgoing(jpeg, tenant, event_id, raw))
         total += size
         acks.append(ack)
     ends = await _ends(acks)
@@ -78,9 +95,10 @@ async def publish_paced(
     rate: float,
     seconds: float,
     max_events: int | None = None,
+    raw: bool = False,
 ) -> PublishResult:
-    """Publish ``rate`` events a second for ``seconds`` (at most ``max_events``); each
-    created_at is its sending time."""
+    """Publish ``rate`` events a second for ``seconds`` (at most ``max_events``; raw-image
+    records if ``raw``); each created_at is its sending time."""
     rate = max(rate, 1.0)
     count = max(1, round(rate * seconds))
     if max_events is not None and count > max_events:
@@ -94,7 +112,7 @@ async def publish_paced(
         delay = began + i / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        size, ack = await _send(producer, topic, build_event(jpeg, tenant, event_id))
+        size, ack = await _send(producer, topic, outgoing(jpeg, tenant, event_id, raw))
         total += size
         acks.append(ack)
     sending_s = loop.time() - began

@@ -14,7 +14,7 @@ from typing import Final
 
 import numpy as np
 
-from bench.e2e.ceiling import METHOD, run_targets, summarize_run
+from bench.e2e.ceiling import method, run_targets, summarize_run
 from bench.e2e.config import BenchConfig
 from bench.e2e.images import JPEG_QUALITY, NOISE_SIGMA, BenchImage
 from bench.e2e.modes import CONSUMER_DECODE_MODES
@@ -142,7 +142,9 @@ def build_report(
             "broker_alone": _as_json(measurements.broker_alone),
         },
         "cpu_per_event_ms_single_thread": measurements.cpu_per_event_ms,
-        "ceiling": {**asdict(ceiling), "method": METHOD} if ceiling is not None else None,
+        "ceiling": (
+            {**asdict(ceiling), "method": method(config.raw)} if ceiling is not None else None
+        ),
         "consumers": {
             name: summarize_run(run, ceiling) for name, run in measurements.consumers.items()
         },
@@ -180,8 +182,15 @@ NOTES: Final = [
     "The peer consumer sends every image as its own Triton request (up to max_batch_size x "
     "max_inflight_batches events in flight) and leaves batching to Triton's dynamic batcher; "
     "triton_mean_batch is images per model execution in Triton during each run.",
-    "The naive consumer calls the pipeline's own parse_event, decode_base64 and decode_image, "
-    "so the comparison isolates batching and pipelining.",
+    "The naive and peer consumers call the pipeline's own parse_record, decode_base64 (JSON "
+    "events only) and decode_image, so the comparison isolates batching and pipelining.",
+    "settings.event_format is how the events were published: json (an ImageEvent with the "
+    "image inline as base64) or raw (the JPEG as the record value, the event fields as "
+    "headers; its stages alone have no base64 step, reported as 0).",
+    "consumers.*.loop_lag is the pipeline's modstream_event_loop_lag_seconds (how late its "
+    "event loop wakes from a 0.25 s sleep) scraped when the backlog was committed, counting "
+    "from the consumer's start: mean_ms = _sum / _count, over_100ms_share = 1 - "
+    "bucket{le=0.1} / _count. The baselines have no such metric (null).",
     "Raw Triton repeats passes of `events` pre-decoded images until raw_triton_min_seconds "
     "have passed; smaller batch sizes get a quarter of that time each.",
     "Latency is Decision.timings.total_ms (created_at to decision) of events published at "

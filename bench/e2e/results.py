@@ -108,6 +108,17 @@ class CpuPerEvent:
 
 
 @dataclass(frozen=True)
+class LoopLag:
+    """How late the pipeline's event loop woke from its 0.25 s sleeps
+    (``modstream_event_loop_lag_seconds``), from its start to the end of the backlog."""
+
+    wakeups: int
+    mean_ms: float | None
+    over_100ms_share: float | None
+    """The share of wake-ups more than 100 ms late."""
+
+
+@dataclass(frozen=True)
 class ConsumerRun:
     """One consumer, in a process of its own, over the backlog."""
 
@@ -125,6 +136,8 @@ class ConsumerRun:
     """The largest sampled sum over its process group (worker processes included)."""
     triton_mean_batch: float | None
     """Images per model execution in Triton during the run (dynamic batching included)."""
+    loop_lag: LoopLag | None = None
+    """The pipeline's event-loop lag over the backlog; None for the baselines."""
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def run_benchmark(
     policy_path: Path | None = None,
     modes: Sequence[str] | None = None,
     decode_workers: int | None = None,
+    raw: bool = False,
 ) -> int:
     """Run every measurement, print a table and write the JSON report; return the exit code.
 
@@ -61,9 +62,10 @@ def run_benchmark(
     environment included); ``quick`` shortens the latency phase and the raw Triton run, for
     tests. ``modes`` are the consumer modes run end to end (default: every one this consumer
     has settings for and the model repository can serve; see ``bench.e2e.modes``);
-    ``decode_workers`` sizes the ``workers`` mode. Returns 0 whether or not the targets are
-    met, 130 when interrupted (Ctrl-C or SIGTERM), after stopping the consumers, the broker
-    and Triton.
+    ``decode_workers`` sizes the ``workers`` mode; ``raw`` publishes raw-image records (the
+    JPEG as the value, the event fields as headers) instead of JSON events. Returns 0 whether
+    or not the targets are met, 130 when interrupted (Ctrl-C or SIGTERM), after stopping the
+    consumers, the broker and Triton.
 
     Raises ConfigError for impossible arguments or a missing model repository or policy, and
     LocalServiceError when the broker or Triton cannot start or the consumer stalls.
@@ -102,6 +104,7 @@ def run_benchmark(
         quick=quick,
         modes=tuple(chosen),
         decode_workers=decode_workers,
+        raw=raw,
     )
     if _progress.level == logging.NOTSET:
         # Progress lines for a run that takes minutes, without the consumer's own INFO logs.

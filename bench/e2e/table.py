@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bench.e2e.ceiling import free_cores_limit, outside_decode_and_inference_ms, vs_limit
-from bench.e2e.config import BenchConfig
+from bench.e2e.config import BenchConfig, event_format
 from bench.e2e.images import BenchImage
 from bench.e2e.modes import usable_cores
 from bench.e2e.report import targets
@@ -28,7 +28,7 @@ def _consumer_lines(m: Measurements, ceiling: Ceiling | None) -> list[str]:
     lines = [
         f"{'':24}{'dec/s':>8}{'vs limit':>9}{'free':>6}{'batch':>7}"
         f"{'CPU ms per decided event: consumer':>36}{'triton':>8}{'broker':>8}{'total':>8}"
-        f"{'outside':>9}{'RSS MB':>8}",
+        f"{'outside':>9}{'RSS MB':>8}{'lag ms':>8}{'>100ms':>8}",
     ]
     for run in m.consumers.values():
         cpu = run.cpu.by_process_ms
@@ -37,6 +37,8 @@ def _consumer_lines(m: Measurements, ceiling: Ceiling | None) -> list[str]:
         on_free = run.stream.decisions_per_s / free if free else None
         outside = outside_decode_and_inference_ms(run.cpu, ceiling) if ceiling else None
         batch = run.stream.mean_batch_size or run.triton_mean_batch
+        lag = run.loop_lag
+        late = lag.over_100ms_share * 100 if lag and lag.over_100ms_share is not None else None
         lines.append(
             f"{_label(run):24}{run.stream.decisions_per_s:>8.1f}{_number(ratio, '.2f'):>9}"
             f"{_number(on_free, '.2f'):>6}"
@@ -44,11 +46,13 @@ def _consumer_lines(m: Measurements, ceiling: Ceiling | None) -> list[str]:
             f"{_number(cpu.get('triton'), '.1f'):>8}{_number(cpu.get('broker'), '.1f'):>8}"
             f"{run.cpu.total_ms:>8.1f}{_number(outside, '.1f'):>9}"
             f"{_number(run.peak_group_rss_mb, '.0f'):>8}"
+            f"{_number(lag.mean_ms if lag else None, '.1f'):>8}{_number(late, '.1f') + '%':>8}"
         )
     lines.append(
         "  free: vs the limit on the cores not busy with other work in the run's window; batch: "
         "the consumer's own mean batch (Triton's images per execution for the peer); outside: "
-        "total minus decode and inference alone"
+        "total minus decode and inference alone; lag ms, >100ms: the pipeline's event-loop lag "
+        "over the backlog (mean, share of wake-ups over 100 ms late)"
     )
     return lines
 
@@ -86,7 +90,8 @@ def format_table(
     lines = [
         f"modstream bench: {config.events} events, {mean_mp:.1f} MP JPEGs ({mean_kb:.0f} kB), "
         f"batch {raw.batch_size} / wait {batching.get('max_wait_ms')} ms, "
-        f"{raw.inflight_batches} in flight, modes {', '.join(m.modes)}, "
+        f"{raw.inflight_batches} in flight, {event_format(config)} events, "
+        f"modes {', '.join(m.modes)}, "
         f"{usable_cores()} usable CPUs",
         "",
         f"raw Triton {raw.images_per_s:.1f} img/s; by batch size (img/s, Triton CPU per image): "

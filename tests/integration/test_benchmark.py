@@ -72,6 +72,7 @@ def test_quick_benchmark_reports_every_measurement(
     phases = {"raw_triton", "end_to_end", "latency", "naive", "peer", "passthrough"}
     assert phases <= set(report["cpu_by_phase"])
 
+    assert report["settings"]["event_format"] == "json"
     _check_ceiling(report)
     _check_consumers(report)
 
@@ -85,8 +86,39 @@ def test_quick_benchmark_reports_every_measurement(
         "p99",
         "end_to_end_vs_naive",
         "end_to_end_vs_machine_limit",
+        "lag ms",
     ):
         assert label in table
+
+
+def test_quick_benchmark_over_raw_image_records(tmp_path: Path) -> None:
+    """Raw-image records go through every consumer; their stages alone have no base64."""
+    assert (
+        run_benchmark(
+            events=EVENTS,
+            megapixels=1.0,
+            out_dir=tmp_path,
+            quick=True,
+            modes=["threads"],
+            raw=True,
+        )
+        == 0
+    )
+
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert report["settings"]["event_format"] == "raw"
+    assert report["ceiling"]["base64_ms"] == 0
+    assert report["cpu_per_event_ms_single_thread"]["decode_base64_cpu_ms"] == 0
+    assert "no base64" in report["ceiling"]["method"]["parse_ms, base64_ms, decode_ms"]
+    # The JPEG is the value: no base64 inflation of a third.
+    assert report["images"]["event_bytes_mean"] < report["images"]["jpeg_bytes_mean"] * 1.1
+    consumers = report["consumers"]
+    assert list(consumers) == ["threads", "peer", "naive"]
+    for name, run in consumers.items():
+        assert run["decisions"] == EVENTS, name
+        assert run["dead_letters"] == run["duplicates"] == 0, name
+    latency = report["measurements"]["latency"]
+    assert latency["events"] == latency["decisions"] > 0
 
 
 def _check_ceiling(report: dict[str, Any]) -> None:
@@ -147,6 +179,13 @@ def _check_consumers(report: dict[str, Any]) -> None:
         assert run["outside_decode_and_inference_ms"] == pytest.approx(
             cpu["total"] - limit["decode_ms"] - limit["inference_ms"], abs=0.01
         )
+        lag = run["loop_lag"]
+        if run["kind"] == "pipeline":
+            assert lag["wakeups"] > 0, name
+            assert lag["mean_ms"] >= 0, name
+            assert 0 <= lag["over_100ms_share"] <= 1, name
+        else:
+            assert lag is None, name
     assert consumers["peer"]["kind"] == "peer"
     assert consumers["peer"]["settings"]["max_inflight_events"] > 1
     assert report["memory"]["consumer_peak_rss_mb"]["peer"] == consumers["peer"]["peak_rss_mb"]
