@@ -35,7 +35,12 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 async def hostile_run(
-    broker: TansuBroker, triton: TritonServer, work: Path, count: int, seed: int
+    broker: TansuBroker,
+    triton: TritonServer,
+    work: Path,
+    count: int,
+    seed: int,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Counter[str], float]:
     settings = make_settings(broker, triton)
     kafka = settings.kafka
@@ -62,6 +67,7 @@ async def hostile_run(
             "MODSTREAM_IMAGING__MAX_PIXELS": str(MAX_PIXELS),
             "MODSTREAM_IMAGING__MAX_DECODE_BYTES": str(MAX_DECODE_BYTES),
         }
+        | (extra_env or {})
     )
     member = ConsumerProcess(env, work / "consumer.log")
     await member.start()
@@ -103,6 +109,25 @@ async def test_hostile_corpus_is_dead_lettered_with_the_right_reasons(
     sys.stderr.write(
         f"\nhostile corpus (CI): {sum(codes.values())} dead letters, peak RSS {peak_mb:.0f} MB\n"
     )
+
+
+async def test_hostile_corpus_decoded_in_worker_processes_and_triton_gets_the_same_reasons(
+    broker: TansuBroker, triton: TritonServer, tmp_path: Path
+) -> None:
+    """The checks before forwarding and Triton's preprocess step refuse what the consumer's
+    own decode refuses, with the same codes; worker processes survive the corpus."""
+    codes, _ = await hostile_run(
+        broker,
+        triton,
+        tmp_path,
+        count=700,
+        seed=13,
+        extra_env={
+            "MODSTREAM_IMAGING__DECODE_IN": "triton",
+            "MODSTREAM_IMAGING__DECODE_POOL": "processes",
+        },
+    )
+    assert set(codes) == {code for _, code in hostile_events(100, 0)}
 
 
 @pytest.mark.slow
