@@ -7,6 +7,7 @@
     modstream policy check FILE      validate a policy file and print its effective rules
     modstream schema [--out DIR]     write the JSON Schemas of the event contract
     modstream train heads --data D   train platform and tenant heads (from a clone)
+    modstream train adapt|audit|prune  the shared model's training steps (from a clone)
 
 Configuration errors exit with status 2 and a one-line reason on stderr.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import sys
@@ -43,7 +45,12 @@ EXIT_CONFIG = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["train"] and given[1:2] and given[1] in _TRAINING_STEPS:
+        # Everything after the step is the step's own (argparse would take its --help).
+        args = argparse.Namespace(handler=_train_step, step=given[1], arguments=given[2:])
+    else:
+        args = parser.parse_args(given)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -178,7 +185,18 @@ def _add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--export", action="store_true", help="write the heads as a new heads model version"
     )
     heads.set_defaults(handler=_train_heads)
+    for step, summary in _TRAINING_STEPS.items():
+        command = what.add_parser(step, help=summary, add_help=False)
+        command.add_argument("arguments", nargs=argparse.REMAINDER, help="see --help")
+        command.set_defaults(handler=_train_step, step=step)
 
+
+# The shared model's training steps: `modstream train STEP ...` runs `python -m training.STEP`.
+_TRAINING_STEPS = {
+    "adapt": "adapt the backbone to unlabelled images (BatchNorm, contrastive); probe and drift",
+    "audit": "score every label's difficulty over the model pool and list suspicious labels",
+    "prune": "prune the backbone's filters, distil, export a smaller model version",
+}
 
 # Modules of the `training` extra; the service image ships none of them.
 _TRAINING_MODULES = frozenset({"training", "torch", "onnxruntime", "matplotlib", "tqdm"})
@@ -209,6 +227,21 @@ def _train_heads(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     return train_command(options)
+
+
+def _train_step(args: argparse.Namespace) -> int:
+    module = f"training.{args.step}.cli"
+    try:
+        step = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] not in _TRAINING_MODULES:
+            raise
+        raise ConfigError(
+            f"train {args.step} needs a clone with the training extra ({exc.name} is not "
+            "installed here): run it from a clone after pip install -e '.[training]'"
+        ) from exc
+    main: Callable[[list[str]], int] = step.main
+    return main(list(args.arguments))
 
 
 def _run(args: argparse.Namespace) -> int:

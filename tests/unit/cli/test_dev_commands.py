@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,20 @@ def test_service_commands_do_not_need_bench(
 ) -> None:
     assert main(["schema", "--out", str(tmp_path)]) == 0
     assert "image_event.schema.json" in capsys.readouterr().out
+
+
+def test_a_training_step_gets_every_argument_after_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[list[str]] = []
+
+    def step_main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 3
+
+    step = types.ModuleType("training.prune.cli")
+    step.main = step_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "training.prune.cli", step)
+    assert main(["train", "prune", "--help"]) == 3
+    assert main(["train", "prune", "--ratio", "0.2", "0.4"]) == 3
+    assert seen == [["--help"], ["--ratio", "0.2", "0.4"]]
