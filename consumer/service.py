@@ -237,10 +237,10 @@ def _heads_changed(heads: HeadsDescriptor, metrics: Metrics) -> None:
 
 def _use_model(spec: ModelSpec, banks: BankSet, metrics: Metrics) -> None:
     metrics.model_info.info({"name": spec.name, "version": spec.version})
-    for bank_id in banks.use_model(spec.name, spec.version):
+    for bank_id in banks.use_model(spec.name, spec.version, spec.backbone_sha256):
         logger.warning(
-            "bank %s was built with another model version: matched by PDQ only; rebuild "
-            "its embeddings with `modstream bank add` against %s version %s",
+            "bank %s was built with another model version or backbone: matched by PDQ only; "
+            "rebuild its embeddings with `modstream bank add` against %s version %s",
             bank_id,
             spec.name,
             spec.version,

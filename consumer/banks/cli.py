@@ -67,11 +67,15 @@ async def _add_async(args: argparse.Namespace) -> int:
         if (args.bank / "bank.json").is_file():
             bank = Bank.load(args.bank)
             model = bank.meta.model
-            if (model.name, model.version) != (spec.name, spec.version):
+            stale = None not in (model.backbone_sha256, spec.backbone_sha256) and (
+                model.backbone_sha256 != spec.backbone_sha256
+            )
+            if (model.name, model.version) != (spec.name, spec.version) or stale:
                 raise BankError(
                     f"bank {bank.meta.bank_id} holds embeddings of {model.name} version "
-                    f"{model.version}, Triton serves {spec.name} version {spec.version}; "
-                    "build a new bank for the new model"
+                    f"{model.version} (backbone {(model.backbone_sha256 or '?')[:12]}), Triton "
+                    f"serves {spec.name} version {spec.version} (backbone "
+                    f"{(spec.backbone_sha256 or '?')[:12]}); build a new bank for the new model"
                 )
         else:
             if args.tenant is None:
@@ -82,7 +86,10 @@ async def _add_async(args: argparse.Namespace) -> int:
                     tenant=args.tenant,
                     action=args.action,
                     model=BankModel(
-                        name=spec.name, version=spec.version, embedding_dim=spec.embedding_dim
+                        name=spec.name,
+                        version=spec.version,
+                        embedding_dim=spec.embedding_dim,
+                        backbone_sha256=spec.backbone_sha256,
                     ),
                 )
             )

@@ -46,6 +46,10 @@ class BankModel(BaseModel):
     name: str
     version: str
     embedding_dim: int = Field(ge=1)
+    backbone_sha256: str | None = None
+    """The backbone file the embeddings came from: a re-exported backbone under the same name
+    and version (fine-tuned, adapted, pruned) makes them stale. None for banks built before
+    it was recorded, which are matched on name and version alone."""
 
 
 class BankFile(BaseModel):
@@ -243,12 +247,14 @@ class BankSet:
     def __bool__(self) -> bool:
         return bool(self.banks)
 
-    def use_model(self, name: str, version: str) -> list[str]:
-        """Restrict embedding matches to banks of this model; return the bank ids left out."""
+    def use_model(self, name: str, version: str, backbone_sha256: str | None = None) -> list[str]:
+        """Restrict embedding matches to banks of this model (and, where both are known, of
+        this backbone file); return the bank ids left out."""
         left_out = [
             bank.meta.bank_id
             for bank in self.banks
             if (bank.meta.model.name, bank.meta.model.version) != (name, version)
+            or _stale(bank.meta.model.backbone_sha256, backbone_sha256)
         ]
         self._embedding_banks = {bank.meta.bank_id for bank in self.banks} - set(left_out)
         for bank in self.banks:
@@ -303,3 +309,7 @@ def pdq_hash(pixels: npt.NDArray[np.uint8]) -> tuple[bytes, int]:
 
     bits, quality = pdqhash.compute(np.ascontiguousarray(pixels))
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes(), int(quality)
+
+
+def _stale(recorded: str | None, served: str | None) -> bool:
+    return recorded is not None and served is not None and recorded != served

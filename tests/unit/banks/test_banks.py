@@ -147,6 +147,22 @@ def test_switched_off_limits_and_other_model_versions_do_not_match() -> None:
     assert banks.match("kids-app", _pdq(1), None, 31, 0.97) is not None
 
 
+def test_embeddings_of_another_backbone_file_are_stale_under_the_same_name() -> None:
+    recorded = _bank("kids", "kids-app", "block", [1])
+    model = recorded.meta.model.model_copy(update={"backbone_sha256": "a" * 64})
+    bank = Bank(recorded.meta.model_copy(update={"model": model}), recorded.entries,
+                recorded.pdq, recorded.embeddings)  # fmt: skip
+    banks = BankSet([bank])
+    assert banks.use_model("nsfw_mobilenet_v2", "1", "a" * 64) == []
+    assert banks.match("kids-app", None, _vector(1), 31, 0.97) is not None
+    # Re-exported (fine-tuned, adapted, pruned) under the same name and version:
+    assert banks.use_model("nsfw_mobilenet_v2", "1", "b" * 64) == ["kids"]
+    assert banks.match("kids-app", None, _vector(1), 31, 0.97) is None
+    assert banks.match("kids-app", _pdq(1), None, 31, 0.97) is not None  # PDQ still matches
+    # A bank from before backbones were recorded is matched on name and version.
+    assert BankSet([recorded]).use_model("nsfw_mobilenet_v2", "1", "b" * 64) == []
+
+
 def test_exemplar_match_decides_with_its_reason() -> None:
     from datetime import UTC, datetime
 
