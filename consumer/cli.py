@@ -7,7 +7,7 @@
     modstream policy check FILE      validate a policy file and print its effective rules
     modstream schema [--out DIR]     write the JSON Schemas of the event contract
     modstream train heads --data D   train platform and tenant heads (from a clone)
-    modstream train adapt|audit|prune  the shared model's training steps (from a clone)
+    modstream train adapt|audit|finetune|prune  the shared model's steps (from a clone)
 
 Configuration errors exit with status 2 and a one-line reason on stderr.
 """
