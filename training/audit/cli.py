@@ -1,7 +1,8 @@
 """``python -m training.audit``: difficulty scores and a label audit over the backbone pool.
 
     python -m training.audit --data DIR_OR_MANIFEST [--out bench/results] [--flip 0.1]
-        [--top 50] [--seed 0] [--repo triton_repo] [--backbones a,b,c] [--draws 1000]
+        [--top 50] [--seed 0] [--repeats 1] [--repo triton_repo] [--backbones a,b,c]
+        [--draws 1000]
 
 Embeds every image with each backbone of the pool (cached as ``modstream train heads``
 caches), fits multi-class heads out of fold, and writes ``audit.json``,
@@ -25,6 +26,7 @@ from typing import Any
 from consumer.errors import ConfigError
 from training.audit.experiment import AuditSet, class_labels, listing, run_audit
 from training.audit.page import plot_precision, write_page
+from training.audit.repeats import repeat
 from training.audit.scores import SCORE_NAMES
 from training.heads.cli import image_references, load_rows, resolve_splits
 from training.heads.embed import Backbone, TrainingFailed, embed_images
@@ -57,6 +59,8 @@ class AuditOptions:
     cache_dir: Path | None = Path(".cache/heads")
     draws: int = BOOTSTRAP_DRAWS
     folds: int = 5
+    repeats: int = 1
+    """Runs of the flip experiment, each with its own seed (``seed``, ``seed + 1``, ...)."""
     threads: int = 2
     progress: bool = False
 
@@ -117,6 +121,10 @@ def audit_command(options: AuditOptions) -> int:
     except ValueError as exc:
         raise TrainingFailed(f"{options.data}: {exc}") from exc
     top = listing(data, result, options.top)
+    repeated = None
+    if options.repeats > 1 and options.flip > 0:
+        seeds = range(options.seed, options.seed + options.repeats)
+        repeated = repeat(data, list(seeds), options.flip, options.folds)
     report: dict[str, Any] = {
         "synthetic_note": SYNTHETIC,
         "data": str(options.data),
@@ -128,6 +136,7 @@ def audit_command(options: AuditOptions) -> int:
         "bootstrap_draws": options.draws,
         **facts,
         **result.report,
+        "repeats": repeated,
         "most_suspicious": top,
     }
     report["total_seconds"] = round(time.perf_counter() - started, 2)
@@ -169,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repo", type=Path, default=Path("triton_repo"))
     parser.add_argument("--backbones", default=",".join(POOL), help="comma-separated")
+    parser.add_argument("--repeats", type=int, default=1, help="flip experiments, one seed each")
     parser.add_argument("--draws", type=int, default=BOOTSTRAP_DRAWS, help="bootstrap draws")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if not 0.0 <= args.flip < 1.0 or args.top < 1 or args.draws < 1:
+    if not 0.0 <= args.flip < 1.0 or args.top < 1 or args.draws < 1 or args.repeats < 1:
         sys.stderr.write(
-            "python -m training.audit: need 0 <= --flip < 1, --top >= 1, --draws >= 1\n"
+            "python -m training.audit: need 0 <= --flip < 1, --top, --draws and --repeats >= 1\n"
         )
         return 2
     options = AuditOptions(
@@ -186,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         repo=args.repo,
         backbones=tuple(n for n in args.backbones.split(",") if n),
         draws=args.draws,
+        repeats=args.repeats,
     )
     try:
         return audit_command(options)

@@ -144,6 +144,14 @@ def run_audit(
             name: {str(k): precision_at_k(scores.ranking(name), planted_rows, k) for k in k_values}
             for name in SCORE_NAMES
         }
+        # Confident learning on each backbone alone: does the pool beat its best member?
+        report["single_model_suspicion_precision_at_k"] = {
+            name: {
+                str(k): precision_at_k(1.0 - p[np.arange(len(p)), given[rows]], planted_rows, k)
+                for k in k_values
+            }
+            for name, p in zip(data.embeddings, probs, strict=True)
+        }
         report["precision_curve"] = {
             name: _precision_curve(scores.ranking(name), planted_rows) for name in SCORE_NAMES
         }

@@ -135,3 +135,13 @@ def test_a_missing_or_empty_set_exits_2_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("python -m training.audit: ")
     assert err.count("\n") == 1
+
+
+def test_repeats_keep_each_seeds_point_values() -> None:
+    from training.audit.repeats import repeat
+
+    found = repeat(synthetic(), [0, 1], flip=0.1, folds=5)
+    suspicion = found["precision_at_k"]["suspicion"]["10"]
+    assert len(suspicion["values"]) == 2
+    assert suspicion["min"] <= suspicion["mean"] <= suspicion["max"]
+    assert found["reweighting"]["uniform"]["accuracy_minus_uniform"]["max"] == 0.0
