@@ -193,6 +193,10 @@ def drift(
                 "max_abs_delta_prob": round(float(delta[i].max()), 6),
                 "top_before": class_names[int(top_before[i])],
                 "top_after": class_names[int(top_after[i])],
+                # The original top class's probability, before and after: how near the
+                # boundary an image sat when its top class changes.
+                "top_prob_before": round(float(before[i, top_before[i]]), 6),
+                "top_prob_after": round(float(after[i, top_before[i]]), 6),
             }
             for i, name in enumerate(names)
         },

@@ -43,9 +43,9 @@ def plot(report: dict[str, Any], out: Path) -> Path:
         ]
         left.bar(xs, ys, width, yerr=errors, capsize=3, label=name)
     left.set_xticks(range(len(keys)), keys, rotation=15)
-    left.set_ylim(0, 1.05)
+    left.set_ylim(0, 1.18)
     left.set_ylabel("held-out PR-AUC (95% bootstrap)")
-    left.legend(loc="lower right", fontsize=8)
+    left.legend(loc="upper center", ncol=len(methods), fontsize=8)
     left.set_title(f"test split: {report['results']['test_images']} images (synthetic)")
     history = report["training"]
     epochs = range(1, len(history["bce"]) + 1)
