@@ -56,9 +56,11 @@ def test_the_audit_finds_planted_label_flips_far_above_chance(
     _, report = audited
     assert set(report["backbones"]) == set(TEST_POOL)
     assert report["planted"] == 12
-    found = report["precision_at_k"]["suspicion"]["10"]
-    # The Wilson interval's lower end, not the point: "far above" must survive its noise.
-    assert found["low"] > 2 * report["chance"], (found, report["chance"])
+    # k = 25, about twice the flips planted: over flip seeds 0-3 this finds 7 to 11 of the 12
+    # (chance: 2.4). The Wilson lower end must clear chance, so the claim survives its noise.
+    found = report["precision_at_k"]["suspicion"]["25"]
+    assert found["low"] > report["chance"], (found, report["chance"])
+    assert found["value"] > 2.5 * report["chance"], (found, report["chance"])
 
 
 def test_the_command_writes_json_plot_and_page(audited: tuple[Path, dict[str, Any]]) -> None:

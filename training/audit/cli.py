@@ -46,6 +46,17 @@ SYNTHETIC = (
     "tell from honest difficulty."
 )
 
+DEFINITIONS = {
+    "confusion_perplexity": "exp of the mean over backbones of each head's entropy (nats); "
+    "1 = every head sure, number of classes = every head uniform",
+    "total_entropy": "entropy (nats) of the mean of the backbones' predictions",
+    "disagreement": "total_entropy - mean per-head entropy (mutual information, >= 0)",
+    "suspicion": "1 - self-confidence: the pool mean's probability of the given label "
+    "(confident-learning baseline)",
+    "precision_at_k": "share of planted flips among the k highest-scored train labels, "
+    "Wilson 95% interval",
+}
+
 
 @dataclass(frozen=True)
 class AuditOptions:
@@ -131,6 +142,7 @@ def audit_command(options: AuditOptions) -> int:
         "classes": list(data.classes),
         "multi_class_formulation": "each image's class is its one category, or 'none'",
         "scores": list(SCORE_NAMES),
+        "definitions": DEFINITIONS,
         "seed": options.seed,
         "folds": options.folds,
         "bootstrap_draws": options.draws,
