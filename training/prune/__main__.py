@@ -1,0 +1,5 @@
+import sys
+
+from training.prune.cli import main
+
+sys.exit(main())
