@@ -1,11 +1,11 @@
 """``python -m training.finetune``: fine-tune the last blocks with the heads, compare, export.
 
     python -m training.finetune --data DIR --out bench/results [--blocks 2] [--minutes 8]
-                                [--seed S] [--export --repo triton_repo]
+                                [--seed S] [--name finetune] [--export --repo triton_repo]
 
 ``DIR`` is a labelled set as ``training.heads.data`` reads it, with ``train`` and ``test``
 splits (the demo set: ``python -m training.heads.demo_set --out DIR``). Writes
-``finetune.json`` and ``finetune.png`` under ``--out``. With ``--export``, the tuned backbone
+``NAME.json`` and ``NAME.png`` under ``--out``. With ``--export``, the tuned backbone
 becomes ``<repo>/nsfw_mobilenet_v2_tuned`` (parity-checked ONNX, new sha256) only when
 fine-tuning wins; otherwise nothing is exported and the log says so. Bad input exits 2 with
 one line.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--draws", type=int, default=1000, help="bootstrap draws")
     parser.add_argument(
         "--export", action="store_true", help="export the tuned backbone if it wins"
+    )
+    parser.add_argument(
+        "--name", default="finetune", help="report file stem: NAME.json and NAME.png"
     )
     parser.add_argument("--repo", type=Path, default=Path("triton_repo"))
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
@@ -128,6 +132,10 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.minutes <= 0 or args.epochs < 1 or args.draws < 10:
         raise TrainingFailed("--minutes must be > 0, --epochs >= 1 and --draws >= 10")
+    if not re.fullmatch(r"finetune[A-Za-z0-9_-]*", args.name):
+        raise TrainingFailed(
+            f"--name {args.name!r} must start with 'finetune' (letters, digits, _ or -)"
+        )
     if not args.data.exists():
         raise TrainingFailed(f"--data {args.data}: no such file or folder")
     if not 1 <= args.blocks <= MAX_BLOCKS:
@@ -174,8 +182,8 @@ def _run(args: argparse.Namespace) -> int:
         },
         "total_seconds": round(time.perf_counter() - started, 1),
     }
-    json_path = write_json(full, args.out)
-    plot(full, args.out)
+    json_path = write_json(full, args.out, args.name)
+    plot(full, args.out, args.name)
     diff = report["results"]["differences"][DIFFERENCE]
     logger.info(
         "macro PR-AUC difference %s: %.3f [%.3f, %.3f]; fine-tuning %s; report %s",

@@ -195,8 +195,9 @@ def test_a_tiny_fine_tune_reports_exports_and_refuses_stale_heads(tmp_path: Path
     assert isinstance(report["finetune_wins"], bool)
     out = tmp_path / "out"
     full = {**report, "dataset": {"categories": ["a", "b"]}, "backbone": {"blocks": 2}}
-    json.loads(write_json(full, out).read_text())
-    assert plot(full, out).stat().st_size > 0
+    json.loads(write_json(full, out, "finetune_tiny").read_text())
+    assert plot(full, out, "finetune_tiny").stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir()) == ["finetune_tiny.json", "finetune_tiny.png"]
 
     # The tuned network, re-exported under the same name: parity-checked, a new sha256.
     new = export_tuned(tuned_model(backbone, name="tiny"), repo, _prototypes())
@@ -247,6 +248,7 @@ def test_a_tiny_fine_tune_reports_exports_and_refuses_stale_heads(tmp_path: Path
         (["--data", "no/such/dir"], "no such file or folder"),
         (["--data", ".", "--blocks", "9"], "--blocks must be between 1 and 4"),
         (["--data", ".", "--minutes", "0"], "--minutes must be > 0"),
+        (["--data", ".", "--name", "../heads"], "must start with 'finetune'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
