@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from training.finetune.split import SplitBackbone
-from training.heads.fit import Standardizer
+from training.heads.fit import Standardizer, one_torch_thread
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def run_tail(
 ) -> tuple[Floats, Floats]:
     """(probs, embedding) of the tail as it is now, without gradients."""
     probs_rows, embedding_rows = [], []
-    with torch.no_grad():
+    with torch.no_grad(), one_torch_thread():
         for start in range(0, len(activations), batch):
             probs, embedding = backbone.tail(torch.from_numpy(activations[start : start + batch]))
             probs_rows.append(probs.numpy())
