@@ -1,7 +1,7 @@
 """``python -m training.adapt``: adapt the backbone's last blocks, probe, measure drift, decide.
 
     python -m training.adapt --data DIR --out bench/results [--images DIR] [--steps N]
-                             [--resume] [--export --repo triton_repo]
+                             [--resume] [--skip-step-a] [--export --repo triton_repo]
     torchrun --nproc_per_node 2 -m training.adapt --data DIR --out bench/results
 
 ``--data`` is a labelled set with train and test splits (the demo set: ``python -m
@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", type=Path, default=Path("policies/default.yaml"))
     parser.add_argument("--reference", type=Path, default=Path("tests/fixtures/nsfwjs/images"))
     parser.add_argument("--standins", type=Path, default=STANDINS_DIR)
+    parser.add_argument(
+        "--skip-step-a",
+        action="store_true",
+        help="ablation: SimCLR on the original BatchNorm statistics",
+    )
     parser.add_argument("--export", action="store_true", help="export if accepted")
     parser.add_argument("--repo", type=Path, default=Path("triton_repo"))
     return parser
@@ -156,11 +161,12 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     stage_args = (probed, feats, unadapted, model, shots, policies, device)
     if rank == 0:
         stages["before"] = _stage("before", suffix, *stage_args)
-    mark = time.perf_counter()
-    reestimate_batch_norm(suffix, feats["unlabelled"].to(device))
-    timings["step_a_seconds"] = time.perf_counter() - mark
-    if rank == 0:
-        stages["step_a"] = _stage("step A", suffix, *stage_args)
+    if not args.skip_step_a:
+        mark = time.perf_counter()
+        reestimate_batch_norm(suffix, feats["unlabelled"].to(device))
+        timings["step_a_seconds"] = time.perf_counter() - mark
+        if rank == 0:
+            stages["step_a"] = _stage("step A", suffix, *stage_args)
 
     cfg = TrainConfig(
         steps=args.steps,
@@ -178,15 +184,18 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         resume=args.resume,
         device=device,
     )
-    # Training moved the weights under step A's statistics; measure them again for the result.
     if rank != 0:
         return None
     stages["step_b"] = _stage("step B", suffix, *stage_args)
 
     categories = len(probed.classes) - 1
     labels = probed.test_labels
-    gain = probe.paired_difference(labels, stages["before"][1], stages["step_b"][1], categories)
-    gain_a = probe.paired_difference(labels, stages["before"][1], stages["step_a"][1], categories)
+    changes = {
+        key: probe.paired_difference(labels, stages["before"][1], stages[key][1], categories)
+        for key in ("step_a", "step_b")
+        if key in stages
+    }
+    gain = changes["step_b"]
     drift_ok, drift_why = drift.within(stages["step_b"][2], bound)
     improved = gain["macro_pr_auc"]["low"] > 0
     accepted = improved and drift_ok
@@ -210,7 +219,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "config": dataclasses.asdict(cfg),
         "world_size": size,
         "probe": {key: value[0] for key, value in stages.items()},
-        "probe_change": {"step_a": gain_a, "step_b": gain},
+        "probe_change": changes,
+        "step_a_applied": not args.skip_step_a,
         "drift_bound": {
             "max_abs_delta": bound,
             "why": "half the smallest gap between two thresholds of one category in "
