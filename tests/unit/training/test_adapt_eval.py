@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.paths import REPO_ROOT
 from training.adapt import cli, drift, probe
 
-POLICY = Path("policies/default.yaml")
+POLICY = REPO_ROOT / "policies" / "default.yaml"
 
 
 def test_the_drift_bound_is_half_the_finest_threshold_gap_of_the_shipped_policy() -> None:
