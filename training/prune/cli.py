@@ -250,8 +250,9 @@ def _report(
         "method": (
             "torch-pruning MetaPruner, L2 magnitude importance, same ratio per layer, channels "
             "rounded to 8; the embedding convolution and dense head keep their outputs; batch "
-            "norm re-estimated, then distilled: T^2 KL on the 5-class softmax (T=2) + 0.5 x "
-            "relative embedding MSE, Adam (lr 1e-3), cosine learning rate over the time budget; "
+            "norm statistics kept from the unpruned model; distilled: T^2 KL on the 5-class "
+            "softmax (T=2) + 0.5 x relative embedding MSE, Adam (lr 1e-3), cosine learning "
+            "rate over the time budget; "
             "images drawn with probability proportional to 0.25 + the unpruned model's "
             "hentai+porn+sexy probability"
         ),

@@ -1,11 +1,13 @@
 """Recover a pruned network by distillation from the unpruned one on unlabelled images.
 
-First the batch-norm statistics are re-estimated on the student's own activations (pruning
-a layer changes what every later layer sees, and this alone recovers much of the gap at the
-cost of forward passes only). Then, until the time budget or the step cap runs out: KL
-divergence between the teacher's and the student's 5-class softmax at a temperature, plus
-the mean squared error of the embedding (relative to the teacher's embedding energy), on
-augmented batches. Batch norm stays in inference mode while training: batches are small.
+Batch-norm statistics are kept from the unpruned model by default: re-estimating them on
+these benign images (``calibration_batches``) was measured to make things worse (KL to the
+teacher 0.38 -> 3.3 nats at 20%), since the imported statistics come from the nsfwjs training
+distribution, which the unlabelled set does not resemble. Then, until the time budget or the
+step cap runs out: KL divergence between the teacher's and the student's 5-class softmax at a
+temperature, plus the mean squared error of the embedding (relative to the teacher's
+embedding energy), on augmented batches. Batch norm stays in inference mode while training:
+batches are small.
 
 Images are drawn with probability proportional to ``unsafe_floor`` plus the teacher's
 probability mass on the explicit and suggestive classes: those images decide the actions the
@@ -44,7 +46,7 @@ class DistillConfig:
     learning_rate: float = 1e-3
     temperature: float = 2.0
     embedding_weight: float = 0.5
-    calibration_batches: int = 8
+    calibration_batches: int = 0
     unsafe_floor: float = 0.25
     seed: int = 0
     progress: bool = True
@@ -117,7 +119,8 @@ def distill(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    recalibrate_batch_norm(student, images, cfg)
+    if cfg.calibration_batches:
+        recalibrate_batch_norm(student, images, cfg)
     teacher.eval()
     draw = sampling_weights(teacher, images, cfg)
     logger.info(
