@@ -16,10 +16,11 @@ from torch import nn
 
 from training.nsfwjs.archive import NsfwjsArchive
 from training.nsfwjs.errors import ImportFailed
-from training.nsfwjs.layers import _parse_topology, _topological
+from training.nsfwjs.jsliteral import bundle_export
+from training.nsfwjs.keras_topology import layer_order, parse_topology
 from training.nsfwjs.models import NsfwModel, get_config, load
 from training.nsfwjs.ops import Dag, Dense
-from training.nsfwjs.tfjs import bundle_export, parse_model_json
+from training.nsfwjs.tfjs import parse_model_json
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,9 @@ def layer_names(archive: NsfwjsArchive, model: str = MODEL) -> list[str]:
     if "model.min.js" not in files:
         raise ImportFailed(f"{archive.name}: {source} is missing")
     parsed = parse_model_json(bundle_export(files["model.min.js"], source=source), source=source)
-    layers, _, outputs = _parse_topology(parsed.topology, source)
+    layers, _, outputs = parse_topology(parsed.topology, source)
     # The same roots as build_layers_model, so node i of the Dag is layer order[i].
-    return _topological(layers, [*outputs, cfg.probs_output, cfg.embedding_output], source)
+    return layer_order(layers, [*outputs, cfg.probs_output, cfg.embedding_output], source)
 
 
 def split(model: NsfwModel, names: list[str], blocks: int) -> SplitBackbone:

@@ -8,8 +8,6 @@ manifest tensors of the same name. Anything else is refused by op name.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,31 +18,27 @@ from torch import Tensor, nn
 
 from training.nsfwjs import ops
 from training.nsfwjs.errors import ImportFailed
-from training.nsfwjs.ops import Shape
-from training.nsfwjs.tfjs import (
-    JsObject,
-    JsValue,
-    WeightArray,
-    expect_int,
-    expect_list,
-    expect_object,
-    expect_str,
+from training.nsfwjs.graph_nodes import (
+    Node,
+    attr_bool,
+    attr_ints,
+    attr_str,
+    attr_strs,
+    check_nhwc,
+    nhwc_pair,
+    node_order,
+    parse_nodes,
+    placeholder_shape,
 )
+from training.nsfwjs.jsliteral import JsObject
+from training.nsfwjs.ops import Shape
+from training.nsfwjs.tfjs import WeightArray
 
 logger = logging.getLogger(__name__)
 
 _ACTIVATIONS = {"Relu": "relu", "Relu6": "relu6"}
 # TensorFlow (batch, H, W, C) axis -> channels-first dimension.
 _NHWC_TO_NCHW = {0: 0, 1: 2, 2: 3, 3: 1}
-
-
-@dataclass(frozen=True)
-class _Node:
-    name: str
-    op: str
-    inputs: tuple[str, ...]
-    attr: JsObject
-    where: str
 
 
 @dataclass(frozen=True)
@@ -68,89 +62,32 @@ class _Built:
     shape: Shape
 
 
-_Builder = Callable[[_Node, list[_Value]], _Built]
+_Builder = Callable[[Node, list[_Value]], _Built]
 
 
-def _attr(node: _Node, key: str) -> JsObject | None:
-    value = node.attr.get(key)
-    return None if value is None else expect_object(value, f"{node.where}: attr {key}")
-
-
-def _decode(value: JsValue, where: str) -> str:
-    try:
-        return base64.b64decode(expect_str(value, where), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise ImportFailed(f"{where}: not a base64 UTF-8 string ({exc})") from exc
-
-
-def _attr_str(node: _Node, key: str, default: str) -> str:
-    attr = _attr(node, key)
-    return default if attr is None else _decode(attr.get("s"), f"{node.where}: attr {key}")
-
-
-def _attr_bool(node: _Node, key: str) -> bool:
-    attr = _attr(node, key)
-    return attr is not None and attr.get("b") is True
-
-
-def _attr_list(node: _Node, key: str, kind: str) -> list[JsValue]:
-    attr = _attr(node, key)
-    if attr is None:
-        return []
-    items = expect_object(attr.get("list", {}), f"{node.where}: attr {key}").get(kind, [])
-    return expect_list(items, f"{node.where}: attr {key}")
-
-
-def _attr_ints(node: _Node, key: str, default: Sequence[int]) -> tuple[int, ...]:
-    where = f"{node.where}: attr {key}"
-    items = _attr_list(node, key, "i")
-    if not items:
-        return tuple(default)
-    return tuple(
-        int(expect_str(i, where)) if isinstance(i, str) else expect_int(i, where) for i in items
-    )
-
-
-def _attr_strs(node: _Node, key: str) -> list[str]:
-    return [_decode(s, f"{node.where}: attr {key}") for s in _attr_list(node, key, "s")]
-
-
-def _nhwc_pair(node: _Node, key: str, default: int) -> tuple[int, int]:
-    values = _attr_ints(node, key, (1, default, default, 1))
-    if len(values) != 4 or values[0] != 1 or values[3] != 1:
-        raise ImportFailed(f"{node.where}: {key} {list(values)} must be [1, h, w, 1]")
-    return values[1], values[2]
-
-
-def _check_nhwc(node: _Node) -> None:
-    fmt = _attr_str(node, "data_format", "NHWC")
-    if fmt != "NHWC":
-        raise ImportFailed(f"{node.where}: data_format {fmt!r} is not supported (NHWC only)")
-
-
-def _image(node: _Node, value: _Value) -> tuple[_Dynamic, tuple[int, int, int]]:
+def _image(node: Node, value: _Value) -> tuple[_Dynamic, tuple[int, int, int]]:
     if not isinstance(value, _Dynamic) or len(value.shape) != 3:
         raise ImportFailed(f"{node.where}: expected a computed (H, W, C) image input")
     h, w, c = value.shape
     return value, (h, w, c)
 
 
-def _const(node: _Node, value: _Value, what: str) -> WeightArray:
+def _const(node: Node, value: _Value, what: str) -> WeightArray:
     if not isinstance(value, _Const):
         raise ImportFailed(f"{node.where}: the {what} must be a constant")
     return value.array
 
 
 def _pads(
-    node: _Node,
+    node: Node,
     hw: tuple[int, int],
     kernel: tuple[int, int],
     stride: tuple[int, int],
     dilation: tuple[int, int] = (1, 1),
 ) -> ops.Pads:
-    padding = _attr_str(node, "padding", "VALID")
+    padding = attr_str(node, "padding", "VALID")
     if padding == "EXPLICIT":
-        explicit = _attr_ints(node, "explicit_paddings", ())
+        explicit = attr_ints(node, "explicit_paddings", ())
         if len(explicit) != 8 or any(explicit[i] for i in (0, 1, 6, 7)):
             raise ImportFailed(f"{node.where}: explicit_paddings {list(explicit)} are not NHWC")
         return (explicit[2], explicit[3], explicit[4], explicit[5])
@@ -159,9 +96,9 @@ def _pads(
     return ops.window_pads(padding.lower(), hw, kernel, stride, dilation)
 
 
-def _fused(node: _Node, args: list[_Value], channels: int) -> tuple[Tensor | None, str]:
+def _fused(node: Node, args: list[_Value], channels: int) -> tuple[Tensor | None, str]:
     """Bias and activation of a fused op: fused_ops [] / [BiasAdd] / [BiasAdd, Relu(6)]."""
-    fused = _attr_strs(node, "fused_ops")
+    fused = attr_strs(node, "fused_ops")
     extra = args[2:]
     if not fused:
         if extra:
@@ -186,8 +123,8 @@ def _fused(node: _Node, args: list[_Value], channels: int) -> tuple[Tensor | Non
     return torch.from_numpy(np.asarray(bias, dtype=np.float32)), activation
 
 
-def _conv(node: _Node, args: list[_Value]) -> _Built:
-    _check_nhwc(node)
+def _conv(node: Node, args: list[_Value]) -> _Built:
+    check_nhwc(node)
     if len(args) < 2:
         raise ImportFailed(f"{node.where}: expected input and filter")
     x, (h, w, c) = _image(node, args[0])
@@ -205,8 +142,8 @@ def _conv(node: _Node, args: list[_Value]) -> _Built:
     else:
         filters, groups = m, 1
         weight = k.permute(3, 2, 0, 1)
-    stride = _nhwc_pair(node, "strides", 1)
-    dilation = _nhwc_pair(node, "dilations", 1)
+    stride = nhwc_pair(node, "strides", 1)
+    dilation = nhwc_pair(node, "dilations", 1)
     pads = _pads(node, (h, w), (kh, kw), stride, dilation)
     bias, activation = _fused(node, args, filters)
     out = ops.window_output((h, w), (kh, kw), stride, pads, dilation)
@@ -222,11 +159,11 @@ def _conv(node: _Node, args: list[_Value]) -> _Built:
     return _Built(module, (x,), (*out, filters))
 
 
-def _avg_pool(node: _Node, args: list[_Value]) -> _Built:
-    _check_nhwc(node)
+def _avg_pool(node: Node, args: list[_Value]) -> _Built:
+    check_nhwc(node)
     x, (h, w, c) = _image(node, args[0])
-    kernel = _nhwc_pair(node, "ksize", 1)
-    stride = _nhwc_pair(node, "strides", 1)
+    kernel = nhwc_pair(node, "ksize", 1)
+    stride = nhwc_pair(node, "strides", 1)
     pads = _pads(node, (h, w), kernel, stride)
     out = ops.window_output((h, w), kernel, stride, pads)
     module = ops.Pool2d("avg", kernel=kernel, stride=stride, pads=pads, hw=(h, w))
@@ -245,9 +182,9 @@ class _Squeeze(nn.Module):
         return x
 
 
-def _squeeze(node: _Node, args: list[_Value]) -> _Built:
+def _squeeze(node: Node, args: list[_Value]) -> _Built:
     x, (h, w, c) = _image(node, args[0])
-    dims = _attr_ints(node, "squeeze_dims", ()) or _attr_ints(node, "axis", ())
+    dims = attr_ints(node, "squeeze_dims", ()) or attr_ints(node, "axis", ())
     dims = tuple(d % 4 for d in dims) or tuple(i for i, n in ((1, h), (2, w), (3, c)) if n == 1)
     shape = {1: h, 2: w, 3: c}
     if sorted(dims) != [1, 2] or h != 1 or w != 1:
@@ -258,13 +195,13 @@ def _squeeze(node: _Node, args: list[_Value]) -> _Built:
     return _Built(_Squeeze(tuple(_NHWC_TO_NCHW[d] for d in dims)), (x,), (c,))
 
 
-def _matmul(node: _Node, args: list[_Value]) -> _Built:
+def _matmul(node: Node, args: list[_Value]) -> _Built:
     if len(args) < 2 or not isinstance(args[0], _Dynamic) or len(args[0].shape) != 1:
         raise ImportFailed(f"{node.where}: expected a computed [batch, D] first input")
-    if _attr_bool(node, "transpose_a"):
+    if attr_bool(node, "transpose_a"):
         raise ImportFailed(f"{node.where}: transpose_a is not supported")
     kernel = _const(node, args[1], "second input")
-    if _attr_bool(node, "transpose_b"):
+    if attr_bool(node, "transpose_b"):
         kernel = kernel.T
     d = args[0].shape[0]
     if kernel.ndim != 2 or kernel.shape[0] != d:
@@ -277,7 +214,7 @@ def _matmul(node: _Node, args: list[_Value]) -> _Built:
     return _Built(ops.Dense(weight, bias, activation), (args[0],), (units,))
 
 
-def _softmax(node: _Node, args: list[_Value]) -> _Built:
+def _softmax(node: Node, args: list[_Value]) -> _Built:
     x = args[0]
     if not isinstance(x, _Dynamic):
         raise ImportFailed(f"{node.where}: softmax of a constant is not supported")
@@ -309,7 +246,7 @@ class _Binary(nn.Module):
         return a + b
 
 
-def _binary(node: _Node, args: list[_Value]) -> _Built:
+def _binary(node: Node, args: list[_Value]) -> _Built:
     if len(args) != 2:
         raise ImportFailed(f"{node.where}: expected two inputs")
     a, b = args
@@ -353,55 +290,6 @@ _BUILDERS: dict[str, _Builder] = {
 SUPPORTED_OPS = ("Placeholder", "Const", "Identity", *_BUILDERS)
 
 
-def _parse_nodes(topology: JsObject, source: str) -> dict[str, _Node]:
-    nodes: dict[str, _Node] = {}
-    for i, raw in enumerate(expect_list(topology.get("node"), f"{source}: modelTopology.node")):
-        entry = expect_object(raw, f"{source}: node[{i}]")
-        name = expect_str(entry.get("name"), f"{source}: node[{i}].name")
-        where = f"{source}: node {name!r}"
-        if name in nodes:
-            raise ImportFailed(f"{where}: the name is used twice")
-        inputs = []
-        for ref in expect_list(entry.get("input", []), f"{where}: input"):
-            text = expect_str(ref, f"{where}: input")
-            if text.startswith("^"):
-                continue  # control dependency: no data flows
-            base, _, index = text.partition(":")
-            if index not in ("", "0"):
-                raise ImportFailed(f"{where}: input {text!r} reads output {index}; only 0 exists")
-            inputs.append(base)
-        op = expect_str(entry.get("op"), f"{where}: op")
-        nodes[name] = _Node(
-            name=name,
-            op=op,
-            inputs=tuple(inputs),
-            attr=expect_object(entry.get("attr", {}), f"{where}: attr"),
-            where=f"{where} ({op})",
-        )
-    return nodes
-
-
-def _topological(nodes: Mapping[str, _Node], roots: Sequence[str], source: str) -> list[str]:
-    inputs_of = {name: item.inputs for name, item in nodes.items()}
-    return ops.topological_order(inputs_of, roots, source, "node")
-
-
-def _placeholder_shape(node: _Node) -> Shape:
-    attr = _attr(node, "shape")
-    shape = expect_object(attr.get("shape") if attr else None, f"{node.where}: shape")
-    dims = []
-    for dim in expect_list(shape.get("dim"), f"{node.where}: shape.dim"):
-        size = expect_object(dim, f"{node.where}: shape.dim").get("size")
-        dims.append(
-            int(expect_str(size, f"{node.where}: dim"))
-            if isinstance(size, str)
-            else expect_int(size, f"{node.where}: dim")
-        )
-    if len(dims) != 4 or any(d <= 0 for d in dims[1:]):
-        raise ImportFailed(f"{node.where}: input shape {dims} is not [batch, H, W, C]")
-    return tuple(dims[1:])
-
-
 def build_graph_model(
     topology: JsObject,
     weights: Mapping[str, WeightArray],
@@ -414,7 +302,7 @@ def build_graph_model(
     Raises ImportFailed for unsupported ops or attributes, and for missing, unused or
     misshapen constants.
     """
-    nodes = _parse_nodes(topology, source)
+    nodes = parse_nodes(topology, source)
     for name in outputs:
         if name not in nodes:
             raise ImportFailed(f"{source}: requested output node {name!r} does not exist")
@@ -424,7 +312,7 @@ def build_graph_model(
     used: set[str] = set()
     placeholders = 0
     declared: Shape = ()
-    for name in _topological(nodes, outputs, source):
+    for name in node_order(nodes, outputs, source):
         node = nodes[name]
         args = [values[i] for i in node.inputs]
         if node.op == "Const":
@@ -442,7 +330,7 @@ def build_graph_model(
             placeholders += 1
             if placeholders > 1:
                 raise ImportFailed(f"{node.where}: only one input placeholder is supported")
-            declared = _placeholder_shape(node)
+            declared = placeholder_shape(node)
             built = _Built(ops.ToChannelsFirst(), (), declared)
             srcs = [0]
         else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,28 +17,19 @@ from torch import nn
 
 from training.nsfwjs import ops
 from training.nsfwjs.errors import ImportFailed
+from training.nsfwjs.jsliteral import JsObject, JsValue
+from training.nsfwjs.keras_topology import Layer, layer_order, parse_topology
 from training.nsfwjs.ops import Shape
 from training.nsfwjs.tfjs import (
-    JsObject,
-    JsValue,
     WeightArray,
     expect_int,
     expect_ints,
     expect_list,
     expect_number,
-    expect_object,
     expect_str,
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Layer:
-    name: str
-    class_name: str
-    config: JsObject
-    inbound: tuple[str, ...]
 
 
 class _Weights:
@@ -70,10 +60,10 @@ class _Weights:
             )
 
 
-_Builder = Callable[[_Layer, list[Shape], _Weights, str], tuple[nn.Module, Shape]]
+_Builder = Callable[[Layer, list[Shape], _Weights, str], tuple[nn.Module, Shape]]
 
 
-def _where(source: str, layer: _Layer) -> str:
+def _where(source: str, layer: Layer) -> str:
     return f"{source}: layer {layer.name!r} ({layer.class_name})"
 
 
@@ -93,20 +83,20 @@ def _image_shape(shapes: list[Shape], where: str) -> tuple[int, int, int]:
     return h, w, c
 
 
-def _channels_last(layer: _Layer, where: str) -> None:
+def _channels_last(layer: Layer, where: str) -> None:
     fmt = layer.config.get("data_format", "channels_last")
     if fmt != "channels_last":
         raise ImportFailed(f"{where}: data_format {fmt!r} is not supported (channels_last only)")
 
 
-def _activation(layer: _Layer, where: str) -> str:
+def _activation(layer: Layer, where: str) -> str:
     kind = expect_str(layer.config.get("activation", "linear"), f"{where}: activation")
     if kind not in ops.ACTIVATIONS:
         raise ImportFailed(f"{where}: activation {kind!r} is not supported ({ops.ACTIVATIONS})")
     return kind
 
 
-def _padding(layer: _Layer, where: str) -> str:
+def _padding(layer: Layer, where: str) -> str:
     padding = expect_str(layer.config.get("padding"), f"{where}: padding")
     if padding not in ("same", "valid"):
         raise ImportFailed(f"{where}: padding {padding!r} is not 'same' or 'valid'")
@@ -114,7 +104,7 @@ def _padding(layer: _Layer, where: str) -> str:
 
 
 def _conv(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     _channels_last(layer, where)
     h, w, c = _image_shape(shapes, where)
@@ -153,7 +143,7 @@ def _conv(
 
 
 def _batch_norm(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     cfg = layer.config
     if len(shapes) != 1:
@@ -175,7 +165,7 @@ def _batch_norm(
 
 
 def _relu(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     cfg = layer.config
     for key in ("negative_slope", "threshold"):
@@ -187,13 +177,13 @@ def _relu(
 
 
 def _activation_layer(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     return ops.Activation(_activation(layer, where)), shapes[0]
 
 
 def _zero_padding(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     _channels_last(layer, where)
     h, w, c = _image_shape(shapes, where)
@@ -208,7 +198,7 @@ def _zero_padding(
 
 
 def _pooling(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     _channels_last(layer, where)
     h, w, c = _image_shape(shapes, where)
@@ -224,7 +214,7 @@ def _pooling(
 
 
 def _flatten(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     _channels_last(layer, where)
     size = 1
@@ -234,7 +224,7 @@ def _flatten(
 
 
 def _dense(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     if len(shapes) != 1 or len(shapes[0]) != 1:
         raise ImportFailed(f"{where}: expected one flat input, found {shapes}")
@@ -247,13 +237,13 @@ def _dense(
 
 
 def _dropout(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     return ops.Identity(), shapes[0]
 
 
 def _add(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     if len(shapes) < 2 or any(s != shapes[0] for s in shapes):
         raise ImportFailed(f"{where}: inputs must be two or more of one shape, found {shapes}")
@@ -261,7 +251,7 @@ def _add(
 
 
 def _concatenate(
-    layer: _Layer, shapes: list[Shape], weights: _Weights, where: str
+    layer: Layer, shapes: list[Shape], weights: _Weights, where: str
 ) -> tuple[nn.Module, Shape]:
     rank = len(shapes[0])
     axis = expect_int(layer.config.get("axis", -1), f"{where}: axis") % (rank + 1)
@@ -295,64 +285,6 @@ _BUILDERS: dict[str, _Builder] = {
 SUPPORTED_LAYERS = ("InputLayer", *_BUILDERS)
 
 
-def _inbound(value: JsValue, where: str) -> tuple[str, ...]:
-    nodes = expect_list(value if value is not None else [], f"{where}: inbound_nodes")
-    if not nodes:
-        return ()
-    if len(nodes) > 1:
-        raise ImportFailed(f"{where}: shared layers (called {len(nodes)} times) are not supported")
-    names = []
-    for entry in expect_list(nodes[0], f"{where}: inbound_nodes[0]"):
-        ref = expect_list(entry, f"{where}: inbound node")
-        if len(ref) < 3 or ref[1] != 0 or ref[2] != 0:
-            raise ImportFailed(f"{where}: inbound {ref[:3]} is not a layer's first output")
-        names.append(expect_str(ref[0], f"{where}: inbound layer name"))
-    return tuple(names)
-
-
-def _layer_refs(value: JsValue, where: str) -> list[str]:
-    refs = []
-    for entry in expect_list(value, where):
-        ref = expect_list(entry, where)
-        if len(ref) < 3 or ref[1] != 0 or ref[2] != 0:
-            raise ImportFailed(f"{where}: {ref} is not a layer's first output")
-        refs.append(expect_str(ref[0], where))
-    return refs
-
-
-def _parse_topology(
-    topology: JsObject, source: str
-) -> tuple[dict[str, _Layer], list[str], list[str]]:
-    model = expect_object(topology.get("model_config"), f"{source}: model_config")
-    class_name = model.get("class_name")
-    if class_name not in ("Model", "Functional"):
-        raise ImportFailed(
-            f"{source}: model class {class_name!r} is not supported (functional Model only)"
-        )
-    config = expect_object(model.get("config"), f"{source}: model_config.config")
-    layers: dict[str, _Layer] = {}
-    for i, raw in enumerate(expect_list(config.get("layers"), f"{source}: layers")):
-        entry = expect_object(raw, f"{source}: layers[{i}]")
-        name = expect_str(entry.get("name"), f"{source}: layers[{i}].name")
-        where = f"{source}: layer {name!r}"
-        if name in layers:
-            raise ImportFailed(f"{where}: the name is used twice")
-        layers[name] = _Layer(
-            name=name,
-            class_name=expect_str(entry.get("class_name"), f"{where}: class_name"),
-            config=expect_object(entry.get("config"), f"{where}: config"),
-            inbound=_inbound(entry.get("inbound_nodes"), where),
-        )
-    inputs = _layer_refs(config.get("input_layers"), f"{source}: input_layers")
-    outputs = _layer_refs(config.get("output_layers"), f"{source}: output_layers")
-    return layers, inputs, outputs
-
-
-def _topological(layers: Mapping[str, _Layer], roots: Sequence[str], source: str) -> list[str]:
-    inputs_of = {name: item.inbound for name, item in layers.items()}
-    return ops.topological_order(inputs_of, roots, source, "layer")
-
-
 def build_layers_model(
     topology: JsObject,
     weights: Mapping[str, WeightArray],
@@ -365,13 +297,13 @@ def build_layers_model(
     The input size is the one the InputLayer declares. Raises ImportFailed for unsupported
     layers or configurations, and for missing, unused or misshapen weights.
     """
-    layers, inputs, model_outputs = _parse_topology(topology, source)
+    layers, inputs, model_outputs = parse_topology(topology, source)
     if len(inputs) != 1:
         raise ImportFailed(f"{source}: {len(inputs)} input layers; exactly one is supported")
     for name in outputs:
         if name not in layers:
             raise ImportFailed(f"{source}: requested output layer {name!r} does not exist")
-    order = _topological(layers, [*model_outputs, *outputs], source)
+    order = layer_order(layers, [*model_outputs, *outputs], source)
     declared: Shape = ()
     store = _Weights(weights, source)
     slots: dict[str, int] = {}

@@ -33,9 +33,10 @@ from training.nsfwjs.archive import (
 )
 from training.nsfwjs.errors import ImportFailed
 from training.nsfwjs.graph import build_graph_model
+from training.nsfwjs.jsliteral import bundle_export
 from training.nsfwjs.layers import build_layers_model
 from training.nsfwjs.ops import Dag
-from training.nsfwjs.tfjs import bundle_export, decode_shard, parse_model_json, read_weights
+from training.nsfwjs.tfjs import decode_shard, parse_model_json, read_weights
 
 logger = logging.getLogger(__name__)
 

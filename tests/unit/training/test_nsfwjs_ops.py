@@ -20,8 +20,9 @@ from training.nsfwjs import ops
 from training.nsfwjs.archive import fetch_tarball
 from training.nsfwjs.errors import ImportFailed
 from training.nsfwjs.graph import build_graph_model
+from training.nsfwjs.jsliteral import JsObject, JsValue
 from training.nsfwjs.layers import build_layers_model
-from training.nsfwjs.tfjs import JsObject, JsValue, WeightArray
+from training.nsfwjs.tfjs import WeightArray
 
 Array = npt.NDArray[Any]
 RNG = np.random.default_rng(7)

@@ -17,14 +17,12 @@ import pytest
 from training.nsfwjs import load
 from training.nsfwjs.archive import TARBALL_SHA256, NsfwjsArchive
 from training.nsfwjs.errors import ImportFailed
+from training.nsfwjs.jsliteral import JsValue, bundle_export, parse_js_literal
 from training.nsfwjs.tfjs import (
-    JsValue,
     Quantization,
     WeightGroup,
     WeightSpec,
-    bundle_export,
     decode_shard,
-    parse_js_literal,
     parse_model_json,
     read_weights,
 )
