@@ -10,6 +10,7 @@ import argparse
 import importlib
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from consumer.errors import ConfigError
 from consumer.runtime.logs import configure_logging
@@ -55,19 +56,23 @@ TRAINING_STEPS = {
 _TRAINING_MODULES = frozenset({"training", "torch", "onnxruntime", "matplotlib", "tqdm"})
 
 
-def _train_heads(args: argparse.Namespace) -> int:
+def _step_cli(step: str) -> ModuleType:
+    """``training.<step>.cli``; ConfigError when the training extra (or the clone) is missing."""
     try:
-        from training.heads.cli import TrainOptions, train_command
+        return importlib.import_module(f"training.{step}.cli")
     except ModuleNotFoundError as exc:
         if exc.name is None or exc.name.partition(".")[0] not in _TRAINING_MODULES:
             raise
         raise ConfigError(
-            f"train heads needs the training extra ({exc.name} is not installed here): run it "
+            f"train {step} needs the training extra ({exc.name} is not installed here): run it "
             "from a clone after pip install -e '.[training]'"
         ) from exc
 
+
+def _train_heads(args: argparse.Namespace) -> int:
+    cli = _step_cli("heads")
     configure_logging(LogSettings(json_format=False, level="INFO"))
-    options = TrainOptions(
+    options = cli.TrainOptions(
         data=args.data,
         repo=args.repo,
         backbone=args.backbone,
@@ -79,19 +84,10 @@ def _train_heads(args: argparse.Namespace) -> int:
         draws=args.draws,
         progress=not args.no_progress,
     )
+    train_command: Callable[[object], int] = cli.train_command
     return train_command(options)
 
 
 def train_step(args: argparse.Namespace) -> int:
-    module = f"training.{args.step}.cli"
-    try:
-        step = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.partition(".")[0] not in _TRAINING_MODULES:
-            raise
-        raise ConfigError(
-            f"train {args.step} needs a clone with the training extra ({exc.name} is not "
-            "installed here): run it from a clone after pip install -e '.[training]'"
-        ) from exc
-    main: Callable[[list[str]], int] = step.main
+    main: Callable[[list[str]], int] = _step_cli(args.step).main
     return main(list(args.arguments))
