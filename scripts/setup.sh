@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[local,training,dev]'
+.venv/bin/python -m pip install --quiet -e '.[local,training,review,dev]'
 # The fonts the demo set of tenant heads draws with (training/heads/demo_set.py): Debian's
 # fonts-dejavu-core, installed where we may (as root or with sudo).
 if [ ! -d /usr/share/fonts/truetype/dejavu ]; then
@@ -20,6 +20,19 @@ if [ ! -d /usr/share/fonts/truetype/dejavu ]; then
       fonts-dejavu-core
   else
     echo "DejaVu fonts missing: run 'sudo apt-get install fonts-dejavu-core' once" >&2
+  fi
+fi
+# Debian's chromium and its driver: the review page's browser test (tests/integration/
+# test_review_browser.py) drives them headless; nothing is downloaded by Selenium itself.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver
+  else
+    echo "chromium missing: run 'sudo apt-get install chromium chromium-driver' once" >&2
   fi
 fi
 # Prometheus and promtool (Debian's package) check the alert rules and scrape the end-to-end

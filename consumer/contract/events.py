@@ -132,6 +132,42 @@ class Timings(BaseModel):
     total_ms: float
 
 
+class SourceRecord(BaseModel):
+    """Where a record came from: the input record of a decision or dead letter."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key_b64: str | None
+
+
+class OverriddenDecision(BaseModel):
+    """The model's decision a reviewer replaced, as it was produced."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: Action
+    reasons: list[Reason]
+    policy_version: str
+    decided_at: datetime
+
+
+class HumanReview(BaseModel):
+    """Who replaced the model's decision, when, and what the model had decided."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reviewer_id: str
+    reviewed_at: datetime
+    category: str | None = Field(
+        default=None, description="The category the reviewer named, if any."
+    )
+    overrides: OverriddenDecision
+
+
 class Decision(BaseModel):
     """The verdict on one ImageEvent; produced keyed by ``event_id`` to the action's topic."""
 
@@ -155,18 +191,21 @@ class Decision(BaseModel):
     timings: Timings
     decided_at: datetime
     metadata: dict[str, str] = Field(default_factory=dict)
-
-
-class SourceRecord(BaseModel):
-    """Where a dead-lettered record came from."""
-
-    model_config = ConfigDict(frozen=True)
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-    key_b64: str | None
+    pool_entropy: float | None = Field(
+        default=None,
+        description="Entropy of the pool's mean scores (how much its models disagree); null "
+        "without a pool.",
+    )
+    source: SourceRecord | None = Field(
+        default=None,
+        description="The input record the event was read from; the review page fetches the "
+        "image from it.",
+    )
+    human_review: HumanReview | None = Field(
+        default=None,
+        description="Set on a decision a reviewer made (reason ``human_review``); it replaces "
+        "the model's decision on the same event.",
+    )
 
 
 class DeadLetter(BaseModel):
@@ -212,6 +251,33 @@ class ShadowComparison(BaseModel):
     compared_at: datetime
 
 
+class ReviewVerdict(BaseModel):
+    """A reviewer's verdict on one event: produced to the compacted labels topic, keyed by
+    ``event_id`` (a later verdict on the same event replaces the earlier one).
+
+    ``action`` is ``allow`` or ``block``; ``category`` names what the image is when the
+    reviewer said so (a built-in category or one of the tenant's heads). ``model_action`` and
+    ``model_category`` are what the model leaned to (``consumer.review.verdicts.leaning``):
+    ``overturned`` is true when the reviewer's action differs from it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal["1.0"] = "1.0"
+    event_id: EventId
+    tenant_id: TenantId
+    action: Literal[Action.ALLOW, Action.BLOCK]
+    category: str | None = None
+    reviewer_id: str
+    reviewed_at: datetime
+    decided_at: datetime = Field(description="When the model's decision was made.")
+    source: SourceRecord = Field(description="The input record holding the image.")
+    model: ModelRef
+    model_action: Action
+    model_category: str | None
+    overturned: bool
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schemas of every payload, keyed by file name."""
     return {
@@ -219,4 +285,5 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "decision.schema.json": Decision.model_json_schema(),
         "dead_letter.schema.json": DeadLetter.model_json_schema(),
         "heads_shadow.schema.json": ShadowComparison.model_json_schema(),
+        "review_verdict.schema.json": ReviewVerdict.model_json_schema(),
     }

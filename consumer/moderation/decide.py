@@ -11,7 +11,15 @@ import numpy as np
 import numpy.typing as npt
 
 from consumer.banks.store import Match
-from consumer.contract.events import Action, Decision, ImageEvent, ModelRef, Reason, Timings
+from consumer.contract.events import (
+    Action,
+    Decision,
+    ImageEvent,
+    ModelRef,
+    Reason,
+    SourceRecord,
+    Timings,
+)
 from consumer.inference.model_check import ModelSpec
 from consumer.moderation.heads import HeadsDescriptor
 from consumer.moderation.policy import ExemplarSpec, PolicySet, TenantRules, threshold_verdict
@@ -50,6 +58,7 @@ def decide_event(
     prototype_similarity: npt.NDArray[np.float32] | None = None,
     heads: HeadsDescriptor | None = None,
     head_scores: npt.NDArray[np.float32] | None = None,
+    source: SourceRecord | None = None,
 ) -> Routed:
     """Score, apply the tenant's policy and pick the topic of the resulting action.
 
@@ -98,6 +107,8 @@ def decide_event(
         ),
         decided_at=decided_at,
         metadata=dict(event.metadata),
+        pool_entropy=round(pool_entropy, 6) if pool_entropy is not None else None,
+        source=source,
     )
     return Routed(decision, rules.topics.for_action(action))
 

@@ -124,6 +124,7 @@ class KafkaOutcomes:
             prototype_similarity=scores.prototype_similarity,
             heads=scores.heads,
             head_scores=scores.head_scores,
+            source=source_of(record),
         )
         if scores.heads is not None and scores.head_scores is not None:
             for head, score in zip(scores.heads.categories, scores.head_scores, strict=True):
@@ -242,13 +243,7 @@ class KafkaOutcomes:
             reason=rejection.message,
             event_id=event.event_id if event else None,
             tenant_id=event.tenant_id if event else None,
-            source=SourceRecord(
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                timestamp_ms=record.timestamp,
-                key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
-            ),
+            source=source_of(record),
             original_value_b64=original,
             failed_at=datetime.now(UTC),
         )
@@ -273,3 +268,14 @@ class KafkaOutcomes:
                 **coordinates(record),
             },
         )
+
+
+def source_of(record: Record) -> SourceRecord:
+    """The coordinates of ``record``, which a decision or dead letter carries."""
+    return SourceRecord(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+        key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
+    )

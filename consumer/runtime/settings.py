@@ -61,6 +61,8 @@ class TopicSettings(_Section):
     dead_letter: str = "modstream.deadletter"
     # Comparisons of the shadow heads version with the live one (nothing is routed by them).
     heads_shadow: str = "modstream.heads.shadow"
+    # Reviewers' verdicts (compacted, keyed by event id): the review page writes, training reads.
+    labels: str = "modstream.labels"
 
 
 class TritonSettings(_Section):
@@ -174,6 +176,33 @@ class MetricsSettings(_Section):
     max_tenant_labels: int = Field(default=100, ge=1)
 
 
+class ReviewSettings(_Section):
+    """The review page (``modstream review``, docs/review.md)."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # "token": each reviewer sends a bearer token listed (as its SHA-256) in reviewers_file.
+    # "proxy": an authenticating proxy in front sets proxy_user_header to the reviewer id; only
+    # safe when nothing but that proxy can reach the page.
+    auth: Literal["token", "proxy"] = "token"
+    reviewers_file: Path = Path("reviewers.yaml")
+    proxy_user_header: str = "X-Forwarded-User"
+    # Signs CSRF tokens; unset: a random key per process (forms break across replicas).
+    csrf_secret: SecretStr | None = None
+    # Set the session cookie's Secure flag; off only for plain-HTTP development on loopback.
+    secure_cookies: bool = True
+    # The review topics to read; empty: every tenant's review topic in the policy file.
+    topics: list[str] = Field(default_factory=list)
+    # Items kept per tenant in memory (oldest first); later ones wait until the queue shrinks.
+    max_items_per_tenant: int = Field(default=10_000, ge=1)
+    # Model repository holding the served backbone and heads, for heat maps; unset: none.
+    saliency_repository: Path | None = None
+    # Longest side of the image shown to reviewers (re-encoded; the original is never served).
+    display_max_side: int = Field(default=1024, ge=64, le=8192)
+    # Reading one input record for its image.
+    fetch_record_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = True
@@ -195,6 +224,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     banks: BankSettings = BankSettings()
     heads: HeadsSettings = HeadsSettings()
+    review: ReviewSettings = ReviewSettings()
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> Settings:
