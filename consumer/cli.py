@@ -6,6 +6,7 @@
     modstream bench                  end-to-end vs raw Triton vs naive consumer
     modstream policy check FILE      validate a policy file and print its effective rules
     modstream schema [--out DIR]     write the JSON Schemas of the event contract
+    modstream review                 the human review page (token: a new reviewer token)
     modstream train heads --data D   train platform and tenant heads (from a clone)
     modstream train adapt|audit|finetune|prune  the shared model's steps (from a clone)
 
@@ -33,6 +34,7 @@ from consumer.errors import (
     LocalServiceError,
 )
 from consumer.moderation import heads_cli
+from consumer.review import cli as review_cli
 from consumer.runtime.logs import configure_logging
 from consumer.runtime.settings import LogSettings, Settings
 from consumer.runtime.signals import defer_signals, run_until_signalled
@@ -156,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bank_cli.add_parser(commands)
     heads_cli.add_parser(commands)
+    review_cli.add_parser(commands)
     add_train(commands)
 
     schema = commands.add_parser("schema", help="write the JSON Schemas of the contract")

@@ -115,7 +115,7 @@ async def serve(
             else None
         )
         outcomes = KafkaOutcomes(
-            sink=Sink(producer, metrics),
+            sink=Sink(producer, metrics.produce_retries),
             spec=spec,
             policies=policies,
             banks=banks,

@@ -8,10 +8,10 @@ import logging
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
+from prometheus_client import Counter
 
 from consumer.contract.headers import Headers
 from consumer.errors import DeliveryError
-from consumer.runtime.metrics import Metrics
 from consumer.runtime.retry import PRODUCE, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -23,11 +23,11 @@ class Sink:
     def __init__(
         self,
         producer: AIOKafkaProducer,
-        metrics: Metrics,
+        retries: Counter,
         retry: RetryPolicy = PRODUCE,
     ) -> None:
         self._producer = producer
-        self._metrics = metrics
+        self._retries = retries
         self._retry = retry
 
     async def deliver(
@@ -65,7 +65,7 @@ class Sink:
                 delay = attempts.next_delay()
                 if delay is None:
                     raise DeliveryError(f"producing to {topic} failed: {exc!r}") from exc
-                self._metrics.produce_retries.inc()
+                self._retries.inc()
                 logger.warning(
                     "produce to %s failed, retrying in %.2fs: %r",
                     topic,

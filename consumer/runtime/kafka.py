@@ -10,7 +10,8 @@ from typing import Any
 
 import aiokafka.conn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
@@ -153,3 +154,38 @@ async def read_topics(
     finally:
         await consumer.stop()
     return records
+
+
+async def ensure_compacted_topic(
+    settings: KafkaSettings, topic: str, partitions: int, replication_factor: int
+) -> None:
+    """Create ``topic`` with ``cleanup.policy=compact`` unless it exists (then it is kept as
+    it is: its partitions and configuration belong to whoever created it).
+
+    Raises BrokerUnavailable when Kafka cannot be reached or refuses the topic.
+    """
+    admin = AIOKafkaAdminClient(**_common(settings))
+    try:
+        await admin.start()
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    topic,
+                    partitions,
+                    replication_factor=replication_factor,
+                    topic_configs={"cleanup.policy": "compact"},
+                )
+            ]
+        )
+        for name, error_code, error_message in response.topic_errors:
+            if error_code != 0 and for_code(error_code) is not TopicAlreadyExistsError:
+                raise BrokerUnavailable(
+                    f"cannot create topic {name}: {for_code(error_code).__name__} "
+                    f"({error_message}); create it (compacted) yourself"
+                )
+    except KafkaError as exc:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {settings.bootstrap_servers} to check topic {topic}: {exc}"
+        ) from exc
+    finally:
+        await admin.close()

@@ -201,6 +201,9 @@ class ReviewSettings(_Section):
     display_max_side: int = Field(default=1024, ge=64, le=8192)
     # Reading one input record for its image.
     fetch_record_timeout_s: float = Field(default=10.0, gt=0)
+    # The labels topic is created (compacted) with these when it does not exist yet.
+    labels_partitions: int = Field(default=6, ge=1)
+    labels_replication_factor: int = Field(default=3, ge=1)
 
 
 class LogSettings(_Section):

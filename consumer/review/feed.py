@@ -1,0 +1,122 @@
+"""Keeps the review queue in step with the review topics and the labels topic.
+
+One consumer outside any group reads every partition of both from the beginning: review
+decisions join the queue, verdicts settle them. The page is ready once both were read to the
+high watermark seen at start, so a restarted replica never shows items that were already
+reviewed. Partitions that appear later (a topic created after start) are picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+
+from consumer.contract.events import Action, Decision, ReviewVerdict
+from consumer.review.queue import RecordAt, ReviewQueue
+
+logger = logging.getLogger(__name__)
+
+PARTITION_CHECK_S = 10.0
+
+
+class QueueFeed:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        queue: ReviewQueue,
+        review_topics: Sequence[str],
+        labels_topic: str,
+    ) -> None:
+        self._consumer = consumer
+        self._queue = queue
+        self._review_topics = tuple(dict.fromkeys(review_topics))
+        self._labels_topic = labels_topic
+        self._next: dict[TopicPartition, int] = {}
+        self.caught_up = asyncio.Event()
+
+    async def run(self) -> None:
+        """Read until cancelled; ``caught_up`` is set once the start's backlog is read."""
+        loop = asyncio.get_running_loop()
+        await self._assign()
+        checked_at = loop.time()
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
+            for partition, records in batches.items():
+                for record in records:
+                    self._apply(record)
+                    self._next[partition] = record.offset + 1
+            if not self.caught_up.is_set() and self._at_end():
+                self.caught_up.set()
+                logger.info("review queue loaded from %s", ", ".join(self._topics()))
+            if loop.time() - checked_at > PARTITION_CHECK_S:
+                checked_at = loop.time()
+                await self._assign()
+
+    def _at_end(self) -> bool:
+        """Every partition read to the high watermark its last fetch returned (the answer of
+        list-offsets is wrong on some Kafka-compatible brokers; a fetch's is not)."""
+        for partition in self._next:
+            highwater = self._consumer.highwater(partition)
+            if highwater is None or self._next[partition] < highwater:
+                return False
+        return True
+
+    def _topics(self) -> tuple[str, ...]:
+        return (*self._review_topics, self._labels_topic)
+
+    async def _assign(self) -> None:
+        try:
+            await self._consumer.topics()
+        except KafkaError:
+            logger.warning("cannot refresh topic metadata; retrying", exc_info=True)
+            return
+        wanted = {
+            TopicPartition(topic, partition)
+            for topic in self._topics()
+            for partition in self._consumer.partitions_for_topic(topic) or ()
+        }
+        if wanted == set(self._next):
+            return
+        missing = [t for t in self._topics() if not self._consumer.partitions_for_topic(t)]
+        if missing:
+            logger.warning(
+                "topics not found yet (checked again every %.0fs): %s",
+                PARTITION_CHECK_S,
+                ", ".join(missing),
+            )
+        self._consumer.assign(sorted(wanted))
+        for partition in wanted:
+            # Re-assigning forgets positions; resume where this feed left off.
+            start = self._next.setdefault(partition, 0)
+            if start == 0:
+                await self._consumer.seek_to_beginning(partition)
+            else:
+                self._consumer.seek(partition, start)
+
+    def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.value is None:
+            return
+        at = RecordAt(record.topic, record.partition, record.offset)
+        try:
+            if record.topic == self._labels_topic:
+                self._queue.settle(ReviewVerdict.model_validate_json(record.value))
+                return
+            decision = Decision.model_validate_json(record.value)
+        except ValidationError as exc:
+            logger.warning(
+                "skipping a record that is not what its topic holds: %s",
+                exc.errors()[0]["msg"],
+                extra={"topic": at.topic, "partition": at.partition, "offset": at.offset},
+            )
+            return
+        # A topic may carry other actions when a tenant routes several to it, and a
+        # reviewer's own final decision never goes back into the queue.
+        if decision.action is Action.REVIEW and decision.human_review is None:
+            headers = tuple((key, bytes(value)) for key, value in record.headers or ())
+            self._queue.add(decision, at, headers)

@@ -1,0 +1,290 @@
+"""The review page on the real broker: who may see what, CSRF, escaping, image headers and
+caps, and verdicts that reach the labels topic and the action's topic."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from bench.local.tansu import TansuBroker, ensure_topics
+from consumer.contract.events import Action, Decision, ReviewVerdict
+from consumer.runtime.settings import ImagingSettings, Settings
+from tests.support.kafka_io import read_until
+from tests.support.paths import TRITON_REPO
+from tests.support.review import (
+    Topics,
+    fresh_topics,
+    png_bytes,
+    queue_items,
+    review_page,
+    review_settings,
+    write_policy,
+    write_reviewers,
+)
+
+pytestmark = pytest.mark.integration
+
+TOKENS = {"alice": "alice-token-1", "tina": "tina-token-2", "lead": "lead-token-3"}
+HOSTILE = '<script>alert("x")</script>'
+
+
+@dataclass(frozen=True)
+class Page:
+    url: str
+    metrics_url: str
+    topics: Topics
+    settings: Settings
+    decisions: dict[str, Decision]
+
+
+@pytest.fixture(scope="module")
+def page(broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    folder = tmp_path_factory.mktemp("review")
+    topics = fresh_topics()
+    asyncio.run(
+        ensure_topics(
+            broker.bootstrap_servers,
+            {topics.input: 2, topics.review: 2, topics.tickets_review: 1, topics.labels: 1},
+        )
+    )
+    items = [
+        ("acme", "a-1", png_bytes((200, 30, 30)), "suggestive"),
+        ("acme", "a-2", png_bytes((30, 200, 30)), "suggestive"),
+        ("acme", "a-3", png_bytes((30, 30, 200)), None),
+        ("acme", "a-big", png_bytes((90, 90, 90), size=(1200, 1000)), "suggestive"),
+        ("tickets", "t-1", png_bytes((250, 250, 0)), "sexual_explicit"),
+    ]
+    decisions = asyncio.run(
+        queue_items(broker.bootstrap_servers, topics, items, metadata={"note": HOSTILE})
+    )
+    settings = review_settings(
+        broker.bootstrap_servers,
+        topics,
+        write_policy(folder / "policy.yaml", topics),
+        write_reviewers(
+            folder / "reviewers.yaml",
+            {
+                "alice": (TOKENS["alice"], ["acme"]),
+                "tina": (TOKENS["tina"], ["tickets"]),
+                "lead": (TOKENS["lead"], ["*"]),
+            },
+        ),
+        saliency_repository=TRITON_REPO,
+    )
+    # Small enough that a-big (1.2 MP) breaks it: the image endpoint applies the caps.
+    settings = settings.model_copy(update={"imaging": ImagingSettings(max_pixels=1_000_000)})
+    with review_page(settings) as running:
+        _wait_ready(running.url)
+        yield Page(
+            running.url,
+            running.metrics_url,
+            topics,
+            settings,
+            {d.event_id: d for d in decisions},
+        )
+
+
+def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = httpx.get(f"{url}/", headers=_auth("lead"))
+        if answer.status_code == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the review page never loaded its queue")
+
+
+def _auth(reviewer: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[reviewer]}"}
+
+
+def _csrf(page: Page, reviewer: str, path: str) -> str:
+    html = httpx.get(f"{page.url}{path}", headers=_auth(reviewer)).text
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found is not None, html[:500]
+    return found.group(1)
+
+
+def test_missing_or_bad_credentials_get_401(page: Page) -> None:
+    for path in ("/", "/t/acme", "/t/acme/items/a-1", "/t/acme/items/a-1/image"):
+        missing = httpx.get(f"{page.url}{path}")
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        bad = httpx.get(f"{page.url}{path}", headers={"Authorization": "Bearer not-a-token"})
+        assert bad.status_code == 401
+        assert "a-1" not in missing.text and "a-1" not in bad.text
+    cookie = httpx.get(f"{page.url}/", cookies={"modstream_review": "forged"})
+    assert cookie.status_code == 401
+    posted = httpx.post(f"{page.url}/t/acme/items/a-1/verdict", data={"action": "allow"})
+    assert posted.status_code == 401
+
+
+def test_reviewers_see_only_their_tenants(page: Page) -> None:
+    home = httpx.get(f"{page.url}/", headers=_auth("alice"))
+    assert home.status_code == 200
+    assert "acme" in home.text and "tickets" not in home.text
+    # Another tenant: 403 for its queue and items, whether or not they exist.
+    for path in (
+        "/t/tickets",
+        "/t/tickets/items/t-1",
+        "/t/tickets/items/t-1/image",
+        "/t/tickets/items/t-1/saliency?category=suggestive",
+        "/t/no-such-tenant",
+    ):
+        answer = httpx.get(f"{page.url}{path}", headers=_auth("alice"))
+        assert answer.status_code == 403, path
+        assert "t-1" not in answer.text
+    # Another tenant's event id under one's own tenant, guessed ids, offsets in the query:
+    # the same 404, and nothing about the other item.
+    for path in (
+        "/t/acme/items/t-1",
+        "/t/acme/items/t-1/image",
+        "/t/acme/items/a-999",
+        "/t/acme/items/..%2F..%2Ft%2Ftickets%2Fitems%2Ft-1",
+        "/t/acme/items/a-1x/image?topic=x&partition=0&offset=0",
+    ):
+        answer = httpx.get(f"{page.url}{path}", headers=_auth("alice"))
+        assert answer.status_code == 404, path
+        assert "tickets" not in answer.text and "t-1" not in answer.text
+    # Query parameters never choose a record: the image is the item's own.
+    own = httpx.get(f"{page.url}/t/acme/items/a-1/image", headers=_auth("alice"))
+    other = httpx.get(
+        f"{page.url}/t/acme/items/a-1/image?topic={page.topics.input}&partition=0&offset=4",
+        headers=_auth("alice"),
+    )
+    assert own.status_code == other.status_code == 200
+    assert own.content == other.content
+    # Verdicts on another tenant's item are refused too.
+    token = _csrf(page, "alice", "/t/acme/items/a-1")
+    posted = httpx.post(
+        f"{page.url}/t/tickets/items/t-1/verdict",
+        data={"csrf": token, "action": "allow"},
+        headers=_auth("alice"),
+    )
+    assert posted.status_code == 403
+    # The lead sees both.
+    lead = httpx.get(f"{page.url}/", headers=_auth("lead"))
+    assert "acme" in lead.text and "tickets" in lead.text
+
+
+def test_posts_without_the_reviewers_csrf_token_are_refused(page: Page) -> None:
+    url = f"{page.url}/t/acme/items/a-3/verdict"
+    assert httpx.post(url, data={"action": "allow"}, headers=_auth("alice")).status_code == 403
+    lead_token = _csrf(page, "lead", "/t/acme/items/a-3")
+    forged = httpx.post(url, data={"action": "allow", "csrf": lead_token}, headers=_auth("alice"))
+    assert forged.status_code == 403
+    own = _csrf(page, "alice", "/t/acme/items/a-3")
+    cross_site = httpx.post(
+        url,
+        data={"action": "allow", "csrf": own},
+        headers={**_auth("alice"), "Origin": "https://evil.example"},
+    )
+    assert cross_site.status_code == 403
+    still_there = httpx.get(f"{page.url}/t/acme/items/a-3", headers=_auth("alice"))
+    assert still_there.status_code == 200
+
+
+def test_text_from_events_is_escaped(page: Page) -> None:
+    html = httpx.get(f"{page.url}/t/acme/items/a-1", headers=_auth("alice")).text
+    assert HOSTILE not in html
+    assert "&lt;script&gt;" in html
+
+
+def test_images_are_reencoded_uncached_and_capped(page: Page) -> None:
+    answer = httpx.get(f"{page.url}/t/acme/items/a-1/image", headers=_auth("alice"))
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/jpeg"
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'none'" in answer.headers["content-security-policy"]
+    with Image.open(io.BytesIO(answer.content)) as shown:
+        assert shown.format == "JPEG" and shown.size == (320, 240)
+    big = httpx.get(f"{page.url}/t/acme/items/a-big/image", headers=_auth("alice"))
+    assert big.status_code == 404
+    assert "pixels" in big.text
+    heat = httpx.get(
+        f"{page.url}/t/acme/items/a-1/saliency?category=suggestive", headers=_auth("alice")
+    )
+    assert heat.status_code == 200 and heat.headers["cache-control"] == "no-store"
+    unknown = httpx.get(
+        f"{page.url}/t/acme/items/a-1/saliency?category=<b>nope</b>", headers=_auth("alice")
+    )
+    assert unknown.status_code == 404 and "<b>nope</b>" not in unknown.text
+
+
+def test_verdicts_reach_the_labels_topic_and_the_actions_topic(page: Page) -> None:
+    token = _csrf(page, "alice", "/t/acme/items/a-1")
+    url = f"{page.url}/t/acme/items"
+    allowed = httpx.post(
+        f"{url}/a-1/verdict", data={"csrf": token, "action": "allow"}, headers=_auth("alice")
+    )
+    assert allowed.status_code == 303
+    assert allowed.headers["location"] == "/t/acme/items/a-2"
+    refused = httpx.post(
+        f"{url}/a-2/verdict",
+        data={"csrf": token, "action": "block", "category": "not-a-category"},
+        headers=_auth("alice"),
+    )
+    assert refused.status_code == 400
+    blocked = httpx.post(
+        f"{url}/a-2/verdict",
+        data={"csrf": token, "action": "block", "category": "suggestive"},
+        headers=_auth("alice"),
+    )
+    assert blocked.status_code == 303
+    assert httpx.get(f"{url}/a-1", headers=_auth("alice")).status_code == 404
+
+    bootstrap = page.settings.kafka.bootstrap_servers
+    labels = asyncio.run(read_until(bootstrap, [page.topics.labels], 2, 20))
+    verdicts = {
+        v.event_id: v for v in (ReviewVerdict.model_validate_json(m.value or b"") for m in labels)
+    }
+    assert {m.key for m in labels} == {b"a-1", b"a-2"}
+    first, second = verdicts["a-1"], verdicts["a-2"]
+    assert (first.action, first.reviewer_id, first.overturned) == (Action.ALLOW, "alice", True)
+    assert first.model_action is Action.BLOCK and first.model_category == "suggestive"
+    assert first.source == page.decisions["a-1"].source
+    assert (second.action, second.category, second.overturned) == (
+        Action.BLOCK,
+        "suggestive",
+        False,
+    )
+    allow = asyncio.run(read_until(bootstrap, [page.topics.allow], 1, 20))
+    block = asyncio.run(read_until(bootstrap, [page.topics.block], 1, 20))
+    final_allow = Decision.model_validate_json(allow[0].value or b"")
+    final_block = Decision.model_validate_json(block[0].value or b"")
+    assert final_allow.event_id == "a-1" and final_allow.action is Action.ALLOW
+    assert [r.rule for r in final_allow.reasons] == ["human_review"]
+    assert final_allow.human_review is not None
+    assert final_allow.human_review.overrides.action is Action.REVIEW
+    assert final_allow.human_review.overrides.reasons == page.decisions["a-1"].reasons
+    assert final_block.event_id == "a-2" and final_block.reasons[0].category == "suggestive"
+    assert dict(allow[0].headers)["modstream-reviewer"] == b"alice"
+
+    metrics = httpx.get(f"{page.metrics_url}/metrics").text
+    assert 'modstream_review_queue_depth{tenant="acme"}' in metrics
+    assert re.search(
+        r'modstream_review_verdicts_total\{category="suggestive",outcome="overturned",'
+        r'tenant="acme"\} 1\.0',
+        metrics,
+    )
+    assert 'modstream_review_auth_failures_total{reason="forbidden"}' in metrics
+
+
+def test_a_restarted_page_does_not_show_reviewed_items(page: Page, tmp_path: Path) -> None:
+    # Runs after the verdict test (file order): a-1 and a-2 have verdicts on the labels topic.
+    with review_page(page.settings) as second:
+        _wait_ready(second.url)
+        queue = httpx.get(f"{second.url}/t/acme", headers=_auth("alice")).text
+    assert "a-3" in queue
+    assert "a-1" not in queue.replace("a-1x", "")
+    assert ">a-2<" not in queue
