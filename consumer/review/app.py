@@ -13,7 +13,6 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -38,7 +37,6 @@ from consumer.review.verdicts import VerdictChoice, VerdictPublisher
 
 logger = logging.getLogger(__name__)
 
-STATIC = Path(__file__).parent / "static"
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _EVENT = re.compile(r"^[\x21-\x7e]{1,128}$")
 SECURITY_HEADERS = [
@@ -49,7 +47,9 @@ SECURITY_HEADERS = [
     ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    # Same-origin, not no-referrer: under no-referrer browsers send "Origin: null" with form
+    # posts, and the CSRF check compares the origin with the page's own.
+    (b"referrer-policy", b"same-origin"),
     # Pages and images show one tenant's content: no shared or browser cache keeps them.
     (b"cache-control", b"no-store"),
 ]
@@ -150,7 +150,9 @@ def build_app(review: Review) -> Starlette:
             Route("/t/{tenant}/items/{event_id:path}/saliency", guarded(saliency), methods=["GET"]),
             Route("/t/{tenant}/items/{event_id:path}/verdict", guarded(verdict), methods=["POST"]),
             Route("/t/{tenant}/items/{event_id:path}", guarded(item_page), methods=["GET"]),
-            Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+            Mount(
+                "/static", app=StaticFiles(packages=[("consumer.review", "static")]), name="static"
+            ),
         ],
         middleware=[Middleware(SecurityHeaders)],
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import jinja2
 from starlette.responses import HTMLResponse
@@ -19,7 +18,6 @@ from consumer.moderation.policy import TenantRules
 from consumer.review.auth import Reviewer
 from consumer.review.verdicts import Leaning, leaning
 
-TEMPLATES = Path(__file__).parent / "templates"
 # Digit keys name categories: nine at most.
 MAX_VERDICT_CATEGORIES = 9
 
@@ -97,7 +95,7 @@ class Pages:
     def __init__(self, queue_page_size: int = 100) -> None:
         self.queue_page_size = queue_page_size
         self._env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(TEMPLATES),
+            loader=jinja2.PackageLoader("consumer.review", "templates"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )

@@ -8,7 +8,7 @@ import base64
 import io
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -223,9 +223,11 @@ async def queue_items(
     items: Sequence[tuple[str, str, bytes, str | None]],
     *,
     metadata: dict[str, str] | None = None,
+    adjust: Callable[[Decision], Decision] | None = None,
 ) -> list[Decision]:
     """Publish each (tenant, event id, image, suspected category) as an input event and its
-    review decision, oldest first (a minute apart); return the decisions."""
+    review decision (changed by ``adjust``), oldest first (a minute apart); return the
+    decisions."""
     now = datetime.now(UTC) - timedelta(minutes=len(items) + 1)
     events = [
         ImageEvent(
@@ -254,6 +256,8 @@ async def queue_items(
                 event, source, suspect=item[3], decided_at=now + timedelta(minutes=index)
             )
         )
+    if adjust is not None:
+        decisions = [adjust(decision) for decision in decisions]
     for decision in decisions:
         topic = topics.tickets_review if decision.tenant_id == "tickets" else topics.review
         await produce_positions(
