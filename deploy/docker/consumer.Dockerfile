@@ -1,4 +1,4 @@
-# The modstream consumer. Build from the repository root:
+# The modstream consumer and review page. Build from the repository root:
 #   docker build -f deploy/docker/consumer.Dockerfile -t ghcr.io/modstream/consumer:0.1.0 .
 FROM python:3.11.7-slim-bookworm AS build
 # pdqhash (exemplar banks) builds from source.
@@ -8,8 +8,9 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY consumer ./consumer
-# Only the service: no broker, Triton, PyTorch or test extras.
-RUN pip install --no-cache-dir --prefix=/install .
+# The service and the review page (`modstream review` runs from this image too, with the
+# `review` extra): no broker, Triton, PyTorch or test extras.
+RUN pip install --no-cache-dir --prefix=/install "./[review]"
 
 FROM python:3.11.7-slim-bookworm
 # MALLOC_MMAP_THRESHOLD_: large decode buffers go back to the system when freed instead of

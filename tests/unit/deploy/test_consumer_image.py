@@ -1,4 +1,5 @@
-"""The consumer image ships the service only: no benchmark, demo, launcher or sample code.
+"""The consumer image ships the service (and its review page) only: no benchmark, demo,
+launcher or sample code.
 
 The test builds the wheel from exactly what the Dockerfile copies into its build stage and
 lists what it would install.
@@ -52,5 +53,7 @@ def test_the_installed_service_has_no_development_code(tmp_path: Path) -> None:
     modules = [n for n in names if n.endswith(".py")]
     assert "consumer/pipeline/engine.py" in modules
     assert "consumer/cli.py" in modules
+    # `modstream review` runs from the same image: its templates travel with the package.
+    assert any(n.startswith("consumer/review/templates/") for n in names)
     assert [n for n in names if DEV_ONLY.search(n)] == []
     assert not [n for n in names if n.endswith((".png", ".jpg"))]
