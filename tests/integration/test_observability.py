@@ -3,19 +3,32 @@
 Prometheus scrapes the consumer's /metrics and tritonserver's metrics while events flow; every
 dashboard query must parse and return data, and every alert rule must load and evaluate. The
 consumer scores through the ``moderation`` ensemble (backbone → heads) with a candidate heads
-version shadowed, so the custom-category panels have data too.
+version shadowed, so the custom-category panels have data too. The review page does not run
+here: a third target serves its series as a review in progress would, so the review panels are
+checked against the same Prometheus.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 from bench.heads_overhead import random_heads
 from bench.local.process import free_port
@@ -48,6 +61,69 @@ LIVE_HEADS, SHADOW_HEADS = "1", "2"
 # A platform head with a threshold, so that custom categories decide some events. The heads'
 # weights are random: it fires on many images, which is all this test needs.
 HEAD_THRESHOLD = "    head_0: {review: 0.5, block: 0.95}\n"
+# The review page's histogram buckets (consumer/review/metrics.py) and, cycled through, how
+# long the synthetic verdicts took.
+VERDICT_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 172800)
+VERDICT_DELAYS_S = (120, 700, 2400, 5000, 20000)
+
+
+class ReviewInProgress(Collector):
+    """The review page's metrics (names, labels and buckets as it exports them) for a review
+    going on since the collector was made: per tenant, a queue of a few dozen items, verdicts
+    coming in once a second, one in four overturned, and a few refused requests."""
+
+    def __init__(self, tenants: tuple[str, ...]) -> None:
+        self._tenants = tenants
+        self._start = time.monotonic()
+
+    def collect(self) -> Iterator[Metric]:
+        elapsed = time.monotonic() - self._start
+        verdicts = int(elapsed) + 1
+        depth = GaugeMetricFamily(
+            "modstream_review_queue_depth", "Items waiting for a verdict", labels=["tenant"]
+        )
+        oldest = GaugeMetricFamily(
+            "modstream_review_oldest_age_seconds", "Age of the oldest item", labels=["tenant"]
+        )
+        to_verdict = HistogramMetricFamily(
+            "modstream_review_time_to_verdict_seconds", "Decision to verdict", labels=["tenant"]
+        )
+        outcomes = CounterMetricFamily(
+            "modstream_review_verdicts",
+            "Verdicts",
+            labels=["tenant", "category", "outcome"],
+        )
+        refused = CounterMetricFamily(
+            "modstream_review_auth_failures", "Refused requests", labels=["reason"]
+        )
+        delays = list(itertools.islice(itertools.cycle(VERDICT_DELAYS_S), verdicts))
+        buckets = [(str(float(le)), sum(d <= le for d in delays)) for le in VERDICT_BUCKETS]
+        for tenant in self._tenants:
+            depth.add_metric([tenant], 40 + verdicts)
+            oldest.add_metric([tenant], 3600 + elapsed)
+            to_verdict.add_metric([tenant], [*buckets, ("+Inf", verdicts)], sum(delays))
+            overturned = verdicts // 4
+            outcomes.add_metric([tenant, "suggestive", "confirmed"], verdicts - overturned)
+            outcomes.add_metric([tenant, "suggestive", "overturned"], overturned)
+            outcomes.add_metric([tenant, "none", "confirmed"], verdicts)
+        for reason in ("missing", "invalid", "forbidden", "csrf"):
+            refused.add_metric([reason], verdicts // 2)
+        yield from (depth, oldest, to_verdict, outcomes, refused)
+
+
+@pytest.fixture
+def review_page() -> Iterator[str]:
+    """A scrape target serving ReviewInProgress; its address."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ReviewInProgress(TENANTS))
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +159,7 @@ def _dashboard_queries() -> list[tuple[str, str]]:
 
 
 async def test_dashboard_queries_return_data_and_alert_rules_evaluate(
-    broker: TansuBroker, heads_triton: TritonServer, tmp_path: Path
+    broker: TansuBroker, heads_triton: TritonServer, review_page: str, tmp_path: Path
 ) -> None:
     settings = make_settings(broker, heads_triton, max_batch_size=8, max_wait_ms=5)
     policy = settings.policy.path.read_text()
@@ -115,6 +191,7 @@ async def test_dashboard_queries_return_data_and_alert_rules_evaluate(
         {
             "modstream": f"127.0.0.1:{settings.metrics.port}",
             "triton": f"127.0.0.1:{heads_triton.metrics_port}",
+            "review": review_page,
         },
         [DEPLOY / "prometheus" / "alerts.yaml"],
     )
@@ -158,7 +235,10 @@ async def test_dashboard_queries_return_data_and_alert_rules_evaluate(
                 for group in (await asyncio.to_thread(prometheus.api, "rules"))["data"]["groups"]
                 for rule in group["rules"]
             ]
-            assert len(rules) == 8
+            alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
+            assert sorted(rule["name"] for rule in rules) == sorted(
+                rule["alert"] for group in alerts["groups"] for rule in group["rules"]
+            )
             for rule in rules:
                 assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
                 reply = await asyncio.to_thread(prometheus.api, "query", query=rule["query"])
