@@ -47,7 +47,7 @@ class ReviewMetrics:
             registry=self.registry,
         )
         self.produce_retries = Counter(
-            "modstream_produce_retries_total",
+            "modstream_review_produce_retries_total",
             "Produce attempts (final decisions, verdicts) that failed and were retried.",
             registry=self.registry,
         )

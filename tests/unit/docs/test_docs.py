@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from consumer.contract.reasons import ReasonCode
-from consumer.runtime.metrics import Metrics
+from consumer.review.metrics import ReviewMetrics
+from consumer.runtime.metrics import Metrics, TenantLabels
 from consumer.runtime.settings import Settings
 from tests.support.paths import DEPLOY, REPO_ROOT
 
@@ -142,7 +143,11 @@ def test_no_page_names_a_setting_that_does_not_exist() -> None:
 def _exposed_metric_names() -> set[str]:
     """Metric names as Prometheus shows them (counters with ``_total``, infos with ``_info``)."""
     suffix = {"counter": "_total", "info": "_info"}
-    return {family.name + suffix.get(family.type, "") for family in Metrics().registry.collect()}
+    families = [
+        *Metrics().registry.collect(),
+        *ReviewMetrics(TenantLabels(1)).registry.collect(),
+    ]
+    return {family.name + suffix.get(family.type, "") for family in families}
 
 
 def test_every_metric_is_in_the_operations_table() -> None:

@@ -1,0 +1,164 @@
+"""Reviewers, tokens, tenants, CSRF and the proxy sign-in, through the page's own app."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from starlette.testclient import TestClient
+
+from consumer.contract.events import ImageEvent, SourceRecord
+from consumer.errors import ConfigError
+from consumer.imaging.decode import ImageLimits
+from consumer.moderation.policy import TopicRoutes, load_policy
+from consumer.review.access import Gate
+from consumer.review.app import Review, build_app
+from consumer.review.auth import CsrfTokens, Reviewer, ReviewerDirectory, new_token
+from consumer.review.metrics import ReviewMetrics
+from consumer.review.pages import Pages
+from consumer.review.queue import RecordAt, ReviewQueue
+from consumer.runtime.metrics import TenantLabels
+from tests.support.paths import DEFAULT_POLICY
+from tests.support.review import review_decision, write_reviewers
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_tokens_are_looked_up_by_digest_and_the_file_is_reread(tmp_path: Path) -> None:
+    token, digest = new_token()
+    assert len(token) >= 40
+    assert digest != token
+    path = write_reviewers(tmp_path / "r.yaml", {"alice": (token, ["acme"])})
+    directory = ReviewerDirectory(path)
+    found = directory.by_token(token)
+    assert found == Reviewer("alice", frozenset({"acme"}))
+    assert directory.by_token(digest) is None
+    assert directory.by_token("") is None
+    write_reviewers(path, {"bob": (token, ["*"])})
+    os.utime(path, ns=(1, 2))  # a changed stamp, whatever the clock's resolution
+    assert directory.by_token(token) == Reviewer("bob", frozenset({"*"}))
+    assert directory.by_id("alice") is None
+    # A broken edit keeps the last good file instead of locking everyone out.
+    path.write_text("reviewers: [{id: 'x y', tenants: []}]\n", encoding="utf-8")
+    assert directory.by_token(token) == Reviewer("bob", frozenset({"*"}))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("reviewers: [{id: a, tenants: []}]", "tenants"),
+        ("reviewers: [{id: a, tenants: [x], token: plain}]", "token"),
+        ("reviewers: [{id: a, tenants: [x]}, {id: a, tenants: [y]}]", "twice"),
+        ("reviewers: [", "cannot read"),
+    ],
+)
+def test_a_bad_reviewers_file_refuses_to_start(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        ReviewerDirectory(path)
+    with pytest.raises(ConfigError, match="MODSTREAM_REVIEW__REVIEWERS_FILE"):
+        ReviewerDirectory(tmp_path / "missing.yaml")
+
+
+def test_csrf_tokens_are_bound_to_the_reviewer_and_the_secret() -> None:
+    tokens = CsrfTokens(b"secret")
+    alice, bob = Reviewer("alice", frozenset({"a"})), Reviewer("bob", frozenset({"a"}))
+    assert tokens.valid(alice, tokens.issue(alice))
+    assert not tokens.valid(alice, tokens.issue(bob))
+    assert not tokens.valid(alice, CsrfTokens(b"other").issue(alice))
+    assert not tokens.valid(alice, None)
+
+
+def _app(tmp_path: Path, mode: Literal["token", "proxy"]) -> tuple[TestClient, Gate]:
+    reviewers = write_reviewers(
+        tmp_path / "r.yaml", {"alice": ("alice-token", ["acme"]), "lead": ("lead-token", ["*"])}
+    )
+    metrics = ReviewMetrics(TenantLabels(10))
+    gate = Gate(ReviewerDirectory(reviewers), CsrfTokens(b"s"), metrics, mode, "X-Auth-User")
+    queue = ReviewQueue(10)
+    event = ImageEvent(
+        event_id="e-1", tenant_id="acme", image_url="https://example.com/a.jpg", created_at=NOW
+    )
+    source = SourceRecord(topic="in", partition=0, offset=0, timestamp_ms=None, key_b64=None)
+    queue.add(review_decision(event, source, decided_at=NOW), RecordAt("review", 0, 0))
+    unused: Any = None
+    held_only: Any = _HeldOnly()
+    review = Review(
+        queue=queue,
+        gate=gate,
+        pages=Pages(),
+        publisher=unused,
+        reader=held_only,
+        images=unused,
+        limits=ImageLimits(max_bytes=1 << 20, max_pixels=1 << 20),
+        policies=load_policy(DEFAULT_POLICY, TopicRoutes("a", "r", "b")),
+        metrics=metrics,
+        saliency=None,
+        display_max_side=512,
+        secure_cookies=True,
+        ready=lambda: True,
+    )
+    return TestClient(build_app(review), base_url="https://review.test"), gate
+
+
+class _HeldOnly:
+    """Every entry of these tests holds its decision: nothing is read from Kafka."""
+
+    async def decision(self, entry: Any) -> Any:
+        return entry.decision
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[TestClient]:
+    client, _ = _app(tmp_path, "proxy")
+    with client:
+        yield client
+
+
+def test_behind_a_proxy_the_reviewer_comes_from_its_header(proxied: TestClient) -> None:
+    assert proxied.get("/").status_code == 401
+    assert proxied.get("/", headers={"X-Auth-User": "mallory"}).status_code == 401
+    # Tokens mean nothing in proxy mode: only the proxy says who it is.
+    assert proxied.get("/", headers={"Authorization": "Bearer alice-token"}).status_code == 401
+    home = proxied.get("/", headers={"X-Auth-User": "alice"})
+    assert home.status_code == 200
+    assert "acme" in home.text
+    item = proxied.get("/t/acme/items/e-1", headers={"X-Auth-User": "alice"})
+    assert item.status_code == 200
+    assert "e-1" in item.text
+    assert proxied.get("/t/other", headers={"X-Auth-User": "alice"}).status_code == 403
+
+
+def test_sign_in_sets_a_strict_http_only_cookie(tmp_path: Path) -> None:
+    client, gate = _app(tmp_path, "token")
+    with client:
+        refused = client.post("/login", data={"token": "wrong"}, follow_redirects=False)
+        assert refused.status_code == 401
+        signed_in = client.post("/login", data={"token": "alice-token"}, follow_redirects=False)
+        assert signed_in.status_code == 303
+        cookie = signed_in.headers["set-cookie"].lower()
+        for attribute in ("httponly", "samesite=strict", "secure"):
+            assert attribute in cookie
+        assert client.get("/t/acme").status_code == 200
+        csrf = gate.csrf_token(Reviewer("alice", frozenset({"acme"})))
+        assert client.post("/logout", data={}, follow_redirects=False).status_code == 403
+        out = client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+        assert out.status_code == 303
+        client.cookies.clear()
+        assert client.get("/t/acme").status_code == 401
+
+
+def test_every_answer_carries_the_security_headers(tmp_path: Path) -> None:
+    client, _ = _app(tmp_path, "token")
+    with client:
+        for path in ("/login", "/", "/static/review.js", "/t/acme/items/nope"):
+            headers = client.get(path, headers={"Authorization": "Bearer lead-token"}).headers
+            assert headers["x-content-type-options"] == "nosniff"
+            assert headers["cache-control"] == "no-store"
+            assert headers["x-frame-options"] == "DENY"
+            assert "script-src 'self'" in headers["content-security-policy"]
