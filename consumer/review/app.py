@@ -205,7 +205,7 @@ async def item_page(request: Request, review: Review, reviewer: Reviewer) -> Res
         decision,
         review.policies.rules_for(tenant),
         review.saliency.categories(decision.model.heads_version)
-        if review.saliency is not None and review.saliency.name == decision.model.name
+        if review.saliency is not None and review.saliency.explains(decision.model.name)
         else [],
     )
     return _render(
@@ -239,7 +239,7 @@ async def saliency(request: Request, review: Review, reviewer: Reviewer) -> Resp
     decision = await _decision(review, entry)
     category = request.query_params.get("category", "")
     model = review.saliency
-    if model is None or model.name != decision.model.name:
+    if model is None or not model.explains(decision.model.name):
         return review.pages.error(404, "No heat map: the page does not have this model.")
     try:
         data = await review.images.image_bytes(decision)

@@ -15,8 +15,9 @@ from PIL import Image, ImageOps
 
 from consumer.errors import ImageRejected
 from consumer.imaging.decode import DecodedImage, ImageLimits, decode_image
+from consumer.review.overlay import overlay_jpeg
 from consumer.review.records import RecordUnavailable
-from consumer.review.saliency import SaliencyModel, overlay_jpeg
+from consumer.review.saliency import SaliencyModel
 
 MODEL_INPUT_SIZE = 224
 JPEG_QUALITY = 85

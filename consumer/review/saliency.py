@@ -32,11 +32,9 @@ from consumer.moderation.heads import (
     HEADS_MODEL_PARAMETER,
     HeadsDescriptor,
 )
-from consumer.review.overlay import overlay_jpeg
-
-__all__ = ["HeatMap", "SaliencyModel", "SaliencyUnavailable", "SaliencyUnsupported", "overlay_jpeg"]
 
 Float64Array = npt.NDArray[np.float64]
+Float32Array = npt.NDArray[np.float32]
 
 DEFAULT_HEADS_MODEL = "heads"
 HEADS_WEIGHTS_FILE = "heads.npz"
@@ -109,6 +107,7 @@ class SaliencyModel:
         self._size = int(backbone.session.get_inputs()[0].shape[1])
         self._heads: dict[str, _Heads] = {}
         self._lock = threading.Lock()
+        self._served_as: set[str] = {backbone.name}
 
     @classmethod
     def load(cls, repository: Path, model_name: str) -> SaliencyModel:
@@ -163,12 +162,19 @@ class SaliencyModel:
         heads_dir = repository / (heads_model or DEFAULT_HEADS_MODEL)
         model = cls(_Backbone(name, session, feature_map, layers, class_names, sha, heads_dir))
         model._check_against_graph()
+        # Decisions name the model the consumer called: the ensemble, when loaded through one.
+        model._served_as.add(model_name)
         return model
 
     @property
     def name(self) -> str:
         """The backbone being explained (the one an ensemble names, when loaded through one)."""
         return self._backbone.name
+
+    def explains(self, model_name: str) -> bool:
+        """Whether decisions scored by ``model_name`` are this backbone's (itself, or the
+        ensemble it was loaded through)."""
+        return model_name in self._served_as
 
     @property
     def input_size(self) -> int:
@@ -357,9 +363,7 @@ def _head_gradient(heads: _Heads, e: Float64Array, index: int) -> tuple[Float64A
     return gradient, float(1.0 / (1.0 + np.exp(-logit)))
 
 
-def _grad_cam(
-    feature_map: Float64Array, gradient: Float64Array, size: int
-) -> npt.NDArray[np.float32]:
+def _grad_cam(feature_map: Float64Array, gradient: Float64Array, size: int) -> Float32Array:
     _, height, width = feature_map.shape
     cam = np.maximum(np.tensordot(gradient / (height * width), feature_map, axes=1), 0.0)
     upsampled = Image.fromarray(cam.astype(np.float32), mode="F").resize(

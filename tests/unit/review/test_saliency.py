@@ -29,12 +29,12 @@ from PIL import Image
 from bench.samples import STANDINS_DIR, photo_image
 from consumer.errors import ConfigError
 from consumer.imaging.decode import ImageLimits, decode_image
+from consumer.review.overlay import overlay_jpeg
 from consumer.review.saliency import (
     HeatMap,
     SaliencyModel,
     SaliencyUnavailable,
     SaliencyUnsupported,
-    overlay_jpeg,
 )
 from tests.support.paths import TRITON_REPO
 
@@ -383,7 +383,12 @@ def test_a_backbone_file_its_config_does_not_name_is_refused(tmp_path: Path) -> 
 
 
 def test_the_ensemble_leads_to_its_backbone() -> None:
-    assert SaliencyModel.load(TRITON_REPO, "moderation").name == BACKBONE
+    model = SaliencyModel.load(TRITON_REPO, "moderation")
+    assert model.name == BACKBONE
+    # Decisions name the ensemble the consumer called; its heat maps are this backbone's.
+    assert model.explains("moderation")
+    assert model.explains(BACKBONE)
+    assert not model.explains("nsfw_inception_v3")
 
 
 @pytest.mark.skipif(
