@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -16,15 +17,17 @@ import pytest
 from PIL import Image
 
 from bench.local.tansu import TansuBroker, ensure_topics
-from consumer.contract.events import Action, Decision, ReviewVerdict
+from consumer.contract.events import Action, Decision, ImageEvent, ReviewVerdict, SourceRecord
 from consumer.runtime.settings import ImagingSettings, Settings
-from tests.support.kafka_io import read_until
+from tests.support.image_server import image_server
+from tests.support.kafka_io import produce_positions, read_until
 from tests.support.paths import TRITON_REPO
 from tests.support.review import (
     Topics,
     fresh_topics,
     png_bytes,
     queue_items,
+    review_decision,
     review_page,
     review_settings,
     write_policy,
@@ -298,3 +301,43 @@ def test_a_restarted_page_does_not_show_reviewed_items(page: Page, tmp_path: Pat
     assert "a-3" in queue
     assert "a-1" not in queue.replace("a-1x", "")
     assert ">a-2<" not in queue
+
+
+def test_an_image_url_goes_through_the_egress_guard(page: Page) -> None:
+    """Added while the page runs (the feed follows the topic); its URL names a loopback server,
+    which the consumer's egress guard refuses, so the page refuses it too."""
+    bootstrap = page.settings.kafka.bootstrap_servers
+    with image_server() as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/image.png"
+        event = ImageEvent(
+            event_id="a-url", tenant_id="acme", image_url=url, created_at=datetime.now(UTC)
+        )
+        [(partition, offset)] = asyncio.run(
+            produce_positions(
+                bootstrap, page.topics.input, [(b"a-url", event.model_dump_json().encode(), [])]
+            )
+        )
+        source = SourceRecord(
+            topic=page.topics.input,
+            partition=partition,
+            offset=offset,
+            timestamp_ms=None,
+            key_b64=None,
+        )
+        decision = review_decision(event, source, decided_at=datetime.now(UTC))
+        asyncio.run(
+            produce_positions(
+                bootstrap, page.topics.review, [(b"a-url", decision.model_dump_json().encode(), [])]
+            )
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            item = httpx.get(f"{page.url}/t/acme/items/a-url", headers=_auth("alice"))
+            if item.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert item.status_code == 200
+        shown = httpx.get(f"{page.url}/t/acme/items/a-url/image", headers=_auth("alice"))
+        assert shown.status_code == 404
+        assert "FETCH_ALLOW_NETWORKS" in shown.text
+        assert server.hits["/image.png"] == 0
