@@ -1,6 +1,6 @@
 """``modstream train``: the training tools, which run from a clone with the training extra.
 
-``train heads`` has its own options; ``train adapt|audit|finetune|prune`` hand every
+``train heads`` has its own options; ``train adapt|audit|feedback|finetune|prune`` hand every
 argument after their name to ``python -m training.<step>``.
 """
 
@@ -48,6 +48,7 @@ def add_train(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 TRAINING_STEPS = {
     "adapt": "adapt the backbone to unlabelled images (BatchNorm, contrastive); probe and drift",
     "audit": "score every label's difficulty over the model pool and list suspicious labels",
+    "feedback": "reviewers' verdicts as a labelled set; audit it; retrain and export the heads",
     "finetune": "fine-tune the backbone's last blocks with the heads; compare with frozen heads",
     "prune": "prune the backbone's filters, distil, export a smaller model version",
 }

@@ -1,0 +1,5 @@
+import sys
+
+from training.feedback.cli import main
+
+sys.exit(main())
