@@ -1,12 +1,16 @@
 """End to end on the real broker and tritonserver: the consumer sends images to review, a
 reviewer gives verdicts on the page, the final decisions land on the action's topics and the
-verdicts on the labels topic, from which the training tools fetch the very images."""
+verdicts on the labels topic, from which the training tools fetch the very images.
+
+The rest of the loop — a labelled set with a tenant's head, the audit, retrained heads through
+shadow and promotion — is tests/integration/test_review_feedback.py."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
+import json
 import re
 from datetime import UTC, datetime
 
@@ -24,10 +28,13 @@ from tests.integration.test_pipeline import running
 from tests.support.kafka_io import produce_positions, read_until
 from tests.support.paths import TRITON_REPO
 from tests.support.review import fresh_topics, review_page, review_settings, write_reviewers
+from training.feedback.build import BuildOptions, build_set
+from training.feedback.labels import catalog_of
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "loop-reviewer"
+SERVED = TritonSettings().model_name
 
 
 async def test_review_verdicts_become_final_decisions_and_labels(
@@ -162,3 +169,29 @@ async def test_review_verdicts_become_final_decisions_and_labels(
         assert verdict.source == original_by_id[event_id].source
         # The model leaned to block (a category threshold fired): an allow overturns it.
         assert verdict.overturned is (action == "allow")
+
+    # Back into training: the allows are negatives for every head, each with the very bytes of
+    # its input record; a block naming a built-in category teaches the heads nothing.
+    report = await build_set(
+        BuildOptions(
+            out=folder / "feedback-set",
+            labels_topic=topics.labels,
+            catalog=catalog_of(TRITON_REPO, SERVED, "heads", "moderation"),
+            tenant="shop",
+            kafka=settings.kafka,
+            imaging=settings.imaging,
+            timeout_s=30,
+        )
+    )
+    allowed = {event_id for event_id, (action, _) in chosen.items() if action == "allow"}
+    assert report["rows"] == len(allowed)
+    assert set(report["skipped"]) == set(chosen) - allowed
+    rows = [
+        json.loads(line)
+        for line in (folder / "feedback-set" / "verdicts.jsonl").read_text().splitlines()
+    ]
+    by_id = {e.event_id: s for s, e in zip(samples, events, strict=True)}
+    assert {row["event_id"] for row in rows} == allowed
+    for row in rows:
+        assert (folder / "feedback-set" / row["image"]).read_bytes() == by_id[row["event_id"]].data
+        assert row["reviewer_id"] == "ravi"
