@@ -14,8 +14,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from consumer.contract.events import Decision, ImageEvent
-from consumer.contract.parse import parse_record
+from consumer.contract.events import Decision
+from consumer.contract.parse import ParsedRecord, parse_record
+from consumer.contract.reasons import ReasonCode
 from consumer.errors import ImageRejected, InvalidEvent
 from consumer.imaging.decode import ImageLimits, decode_base64
 from consumer.imaging.fetch import ImageFetcher
@@ -38,29 +39,38 @@ class RecordReader:
         self._lock = asyncio.Lock()
 
     async def read(self, at: RecordAt) -> ConsumerRecord[bytes, bytes]:
-        """The record at ``at``; RecordUnavailable when it is gone (retention, compaction)
-        or the broker does not answer in time."""
+        """The record at ``at``; RecordUnavailable when it is gone (retention, compaction),
+        beyond the partition's end, or the broker does not answer in time."""
         partition = TopicPartition(at.topic, at.partition)
+        where = f"{at.topic}[{at.partition}]@{at.offset}"
         async with self._lock:
             try:
                 self._consumer.assign([partition])
                 self._consumer.seek(partition, at.offset)
-                async with asyncio.timeout(self._timeout_s):
-                    record = await self._consumer.getone(partition)
-            except TimeoutError as exc:
-                raise RecordUnavailable(
-                    f"{at.topic}[{at.partition}]@{at.offset} could not be read within "
-                    f"{self._timeout_s:.0f}s; it may be gone (retention) or Kafka is slow"
-                ) from exc
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self._timeout_s
+                while loop.time() < deadline:
+                    batch = await self._consumer.getmany(partition, timeout_ms=500, max_records=1)
+                    for record in batch.get(partition, []):
+                        if record.offset == at.offset:
+                            return record
+                        # Out of range: the reader resets to the earliest offset still kept.
+                        if record.offset > at.offset:
+                            raise RecordUnavailable(
+                                f"{where} is gone (retention or compaction; the partition now "
+                                f"starts at {record.offset})"
+                            )
+                        raise RecordUnavailable(f"{where} is beyond the end of the partition")
+                    highwater = self._consumer.highwater(partition)
+                    if highwater is not None and at.offset >= highwater:
+                        raise RecordUnavailable(
+                            f"{where} is beyond the end of the partition ({highwater})"
+                        )
             except KafkaError as exc:
-                raise RecordUnavailable(
-                    f"{at.topic}[{at.partition}]@{at.offset} could not be read: {exc}"
-                ) from exc
-        if record.offset != at.offset:
-            raise RecordUnavailable(
-                f"{at.topic}[{at.partition}]@{at.offset} is gone (retention or compaction)"
-            )
-        return record
+                raise RecordUnavailable(f"{where} could not be read: {exc}") from exc
+        raise RecordUnavailable(
+            f"{where} did not arrive within {self._timeout_s:.0f}s; Kafka may be slow"
+        )
 
     async def decision(self, entry: QueueEntry) -> Decision:
         """The entry's decision, read again when the queue did not keep it in memory."""
@@ -103,19 +113,24 @@ class ImageSource:
             )
             raise RecordUnavailable("the input record at these coordinates is another event")
         try:
-            return await self._bytes_of(event, parsed.image)
+            return await event_image(parsed, self._limits, self._fetcher)
         except ImageRejected as exc:
             raise RecordUnavailable(f"the image cannot be shown: {exc}") from exc
 
-    async def _bytes_of(self, event: ImageEvent, raw: bytes | None) -> bytes:
-        if raw is not None:
-            if len(raw) > self._limits.max_bytes:
-                raise RecordUnavailable(
-                    f"the image is {len(raw)} bytes, over MODSTREAM_IMAGING__MAX_IMAGE_BYTES"
-                )
-            return raw
-        if event.image_b64 is not None:
-            return decode_base64(event.image_b64, self._limits)
-        if event.image_url is not None:
-            return await self._fetcher.fetch(str(event.image_url))
-        raise RecordUnavailable("the event carries no image")
+
+async def event_image(parsed: ParsedRecord, limits: ImageLimits, fetcher: ImageFetcher) -> bytes:
+    """An event's image bytes: a raw-image record's value, the inline base64, or the body at
+    its URL (through the egress guard), each under the byte cap. Raises ImageRejected."""
+    if parsed.image is not None:
+        if len(parsed.image) > limits.max_bytes:
+            raise ImageRejected(
+                ReasonCode.IMAGE_TOO_LARGE,
+                f"the image is {len(parsed.image)} bytes, over MODSTREAM_IMAGING__MAX_IMAGE_BYTES",
+            )
+        return parsed.image
+    event = parsed.event
+    if event.image_b64 is not None:
+        return decode_base64(event.image_b64, limits)
+    if event.image_url is None:
+        raise ImageRejected(ReasonCode.EVENT_INVALID, "the event carries no image")
+    return await fetcher.fetch(str(event.image_url))

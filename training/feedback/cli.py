@@ -99,7 +99,11 @@ def _repo_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # force: a process that called main before (tests do) may have left a handler on a
+    # stream that is closed now.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
     try:
         if args.command == "build":
             return _build(args)

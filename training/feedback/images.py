@@ -11,20 +11,20 @@ every image written is one the trainer loads.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumer.contract.events import ReviewVerdict
 from consumer.contract.parse import parse_record
 from consumer.errors import BrokerUnavailable, EventRejected
-from consumer.imaging.decode import ImageLimits, decode_base64, decode_image
+from consumer.imaging.decode import ImageLimits, decode_image
 from consumer.imaging.fetch import ImageFetcher
+from consumer.review.queue import RecordAt
+from consumer.review.records import RecordReader, RecordUnavailable, event_image
 from consumer.runtime.kafka import build_reader
 from consumer.runtime.settings import ImagingSettings, KafkaSettings
 
@@ -70,7 +70,7 @@ async def read_images(
     records: dict[int, InputRecord | str] = {}
     try:
         known = await reader.topics()
-        by_partition: dict[TopicPartition, list[int]] = defaultdict(list)
+        by_partition: dict[tuple[str, int], list[int]] = defaultdict(list)
         for index, verdict in enumerate(verdicts):
             source = verdict.source
             if source.topic not in known:
@@ -78,10 +78,19 @@ async def read_images(
             elif source.partition not in (reader.partitions_for_topic(source.topic) or ()):
                 records[index] = f"{source.topic} has no partition {source.partition}"
             else:
-                by_partition[TopicPartition(source.topic, source.partition)].append(index)
-        for tp, indexes in by_partition.items():
+                by_partition[(source.topic, source.partition)].append(index)
+        # The review page's reader: the same answers for a record gone or beyond the end.
+        records_at = RecordReader(reader, RECORD_TIMEOUT_S)
+        for indexes in by_partition.values():
             for index in sorted(indexes, key=lambda i: verdicts[i].source.offset):
-                records[index] = await _record_at(reader, tp, verdicts[index].source.offset)
+                source = verdicts[index].source
+                try:
+                    found = await records_at.read(
+                        RecordAt(source.topic, source.partition, source.offset)
+                    )
+                    records[index] = InputRecord(found.offset, found.value, tuple(found.headers))
+                except RecordUnavailable as exc:
+                    records[index] = str(exc)
     finally:
         await reader.stop()
     limits = ImageLimits.from_settings(imaging)
@@ -90,30 +99,6 @@ async def read_images(
             await image_of(verdict, records[index], limits, fetcher)
             for index, verdict in enumerate(verdicts)
         ]
-
-
-async def _record_at(
-    reader: AIOKafkaConsumer, tp: TopicPartition, offset: int
-) -> InputRecord | str:
-    """The record at ``offset``, or why it cannot be read."""
-    where = f"{tp.topic}/{tp.partition}@{offset}"
-    reader.assign([tp])
-    reader.seek(tp, offset)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + RECORD_TIMEOUT_S
-    while loop.time() < deadline:
-        batch = await reader.getmany(tp, timeout_ms=500, max_records=1)
-        for record in batch.get(tp, []):
-            if record.offset == offset:
-                return InputRecord(record.offset, record.value, tuple(record.headers))
-            # An offset out of range resets the reader to the earliest offset still kept.
-            if record.offset > offset:
-                return f"{where} is gone (the partition now starts at {record.offset}: retention)"
-            return f"{where} is beyond the end of the partition"
-        highwater = reader.highwater(tp)
-        if highwater is not None and offset >= highwater:
-            return f"{where} is beyond the end of the partition ({highwater})"
-    return f"{where} did not arrive within {RECORD_TIMEOUT_S:.0f} s"
 
 
 async def image_of(
@@ -136,12 +121,7 @@ async def image_of(
                 f"{where} holds event {event.event_id} of tenant {event.tenant_id}, not the "
                 f"verdict's {verdict.event_id} of {verdict.tenant_id}",
             )
-        if parsed.image is not None:
-            image = parsed.image
-        elif event.image_b64 is not None:
-            image = decode_base64(event.image_b64, limits)
-        else:
-            image = await fetcher.fetch(str(event.image_url))
+        image = await event_image(parsed, limits, fetcher)
         # The trainer refuses a set with one image it cannot decode: check each here instead.
         decode_image(image, CHECK_SIZE, limits)
     except EventRejected as exc:
