@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -23,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consumer.contract.events import Action, Decision
+from consumer.errors import DeliveryError
 from consumer.imaging.decode import ImageLimits
 from consumer.moderation.policy import PolicySet
 from consumer.review.access import CSRF_FIELD, SESSION_COOKIE, Gate, Refused
@@ -98,7 +98,9 @@ class SecurityHeaders:
 Handler = Callable[[Request, Review, Reviewer], Awaitable[Response]]
 
 
-def build_app(review: Review) -> Starlette:
+def build_app(review: Review) -> ASGIApp:
+    """The page as an ASGI app; the security headers wrap everything, server errors included."""
+
     def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
@@ -139,7 +141,7 @@ def build_app(review: Review) -> Starlette:
         )
         return response
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/login", login_form, methods=["GET"]),
             Route("/login", login, methods=["POST"]),
@@ -154,8 +156,8 @@ def build_app(review: Review) -> Starlette:
                 "/static", app=StaticFiles(packages=[("consumer.review", "static")]), name="static"
             ),
         ],
-        middleware=[Middleware(SecurityHeaders)],
     )
+    return SecurityHeaders(app)
 
 
 def _refusal(review: Review, refused: Refused) -> Response:
@@ -266,13 +268,22 @@ async def verdict(request: Request, review: Review, reviewer: Reviewer) -> Respo
         return review.pages.error(400, "That category cannot be given to this item.")
     _, following = review.queue.neighbours(entry.tenant_id, entry.event_id)
     reviewed_at = datetime.now(UTC)
-    published = await review.publisher.publish(
-        decision,
-        VerdictChoice(Action(action), category),
-        reviewer.id,
-        reviewed_at,
-        headers=entry.headers,
-    )
+    try:
+        published = await review.publisher.publish(
+            decision,
+            VerdictChoice(Action(action), category),
+            reviewer.id,
+            reviewed_at,
+            headers=entry.headers,
+        )
+    except DeliveryError as exc:
+        logger.error(
+            "verdict not recorded: %s",
+            exc,
+            extra={"event_id": entry.event_id, "tenant": entry.tenant_id},
+        )
+        # The item stays queued; posting again produces the final decision again (same key).
+        return review.pages.error(503, "Kafka did not take the verdict; post it again.")
     review.queue.settle(published)
     review.metrics.verdict(
         entry.tenant_id,

@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from consumer.contract.events import ImageEvent, SourceRecord
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, DeliveryError
 from consumer.imaging.decode import ImageLimits
 from consumer.moderation.policy import TopicRoutes, load_policy
 from consumer.review.access import Gate
@@ -74,7 +74,9 @@ def test_csrf_tokens_are_bound_to_the_reviewer_and_the_secret() -> None:
     assert not tokens.valid(alice, None)
 
 
-def _app(tmp_path: Path, mode: Literal["token", "proxy"]) -> tuple[TestClient, Gate]:
+def _app(
+    tmp_path: Path, mode: Literal["token", "proxy"], publisher: Any = None, reader: Any = None
+) -> tuple[TestClient, Gate]:
     reviewers = write_reviewers(
         tmp_path / "r.yaml", {"alice": ("alice-token", ["acme"]), "lead": ("lead-token", ["*"])}
     )
@@ -87,12 +89,12 @@ def _app(tmp_path: Path, mode: Literal["token", "proxy"]) -> tuple[TestClient, G
     source = SourceRecord(topic="in", partition=0, offset=0, timestamp_ms=None, key_b64=None)
     queue.add(review_decision(event, source, decided_at=NOW), RecordAt("review", 0, 0))
     unused: Any = None
-    held_only: Any = _HeldOnly()
+    held_only: Any = reader or _HeldOnly()
     review = Review(
         queue=queue,
         gate=gate,
         pages=Pages(),
-        publisher=unused,
+        publisher=publisher,
         reader=held_only,
         images=unused,
         limits=ImageLimits(max_bytes=1 << 20, max_pixels=1 << 20),
@@ -103,7 +105,10 @@ def _app(tmp_path: Path, mode: Literal["token", "proxy"]) -> tuple[TestClient, G
         secure_cookies=True,
         ready=lambda: True,
     )
-    return TestClient(build_app(review), base_url="https://review.test"), gate
+    client = TestClient(
+        build_app(review), base_url="https://review.test", raise_server_exceptions=False
+    )
+    return client, gate
 
 
 class _HeldOnly:
@@ -162,3 +167,36 @@ def test_every_answer_carries_the_security_headers(tmp_path: Path) -> None:
             assert headers["cache-control"] == "no-store"
             assert headers["x-frame-options"] == "DENY"
             assert "script-src 'self'" in headers["content-security-policy"]
+
+
+class _KafkaDown:
+    async def publish(self, *args: Any, **kwargs: Any) -> Any:
+        raise DeliveryError("producing to allow failed: KafkaTimeoutError")
+
+
+class _Broken:
+    async def decision(self, entry: Any) -> Any:
+        raise RuntimeError("a bug")
+
+
+def test_a_verdict_kafka_refused_keeps_the_item_and_says_so(tmp_path: Path) -> None:
+    client, gate = _app(tmp_path, "token", publisher=_KafkaDown())
+    csrf = gate.csrf_token(Reviewer("alice", frozenset({"acme"})))
+    auth = {"Authorization": "Bearer alice-token"}
+    with client:
+        answer = client.post(
+            "/t/acme/items/e-1/verdict", data={"csrf": csrf, "action": "allow"}, headers=auth
+        )
+        assert answer.status_code == 503
+        assert "post it again" in answer.text
+        assert client.get("/t/acme/items/e-1", headers=auth).status_code == 200
+
+
+def test_a_server_error_still_carries_the_security_headers(tmp_path: Path) -> None:
+    client, _ = _app(tmp_path, "token", reader=_Broken())
+    with client:
+        answer = client.get("/t/acme/items/e-1", headers={"Authorization": "Bearer alice-token"})
+        assert answer.status_code == 500
+        assert "a bug" not in answer.text
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["x-content-type-options"] == "nosniff"
