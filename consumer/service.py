@@ -156,7 +156,7 @@ async def serve(
             routes,
             categories=outcomes.model_categories,
             apply=outcomes.replace_policies,
-            metrics=metrics,
+            reloads=metrics.policy_reloads,
         )
         watcher = PolicyWatcher(settings.policy.path, sources, initial_text=policy_text)
         background: list[asyncio.Task[None]] = [
@@ -167,7 +167,7 @@ async def serve(
             background.append(asyncio.create_task(watcher.run(interval_s)))
         try:
             if settings.policy.topic is not None:
-                background.append(await _follow_policy_topic(settings, sources))
+                background.append(await follow_policy_topic(settings, sources))
             await engine.run(stop)
         finally:
             for task in background:
@@ -247,7 +247,7 @@ def _use_model(spec: ModelSpec, banks: BankSet, metrics: Metrics) -> None:
         )
 
 
-async def _follow_policy_topic(settings: Settings, sources: PolicySources) -> asyncio.Task[None]:
+async def follow_policy_topic(settings: Settings, sources: PolicySources) -> asyncio.Task[None]:
     """Read the policy topic to its end before consuming, then keep following it."""
     topic = settings.policy.topic
     if topic is None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from consumer.errors import PolicyError
@@ -33,13 +34,22 @@ from consumer.moderation.policy import (
     compile_policy,
     parse_policy,
 )
-from consumer.runtime.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+class LivePolicies:
+    """The policies in force, for readers that look them up on every use (the review page)."""
+
+    def __init__(self, policies: PolicySet) -> None:
+        self.current = policies
+
+    def replace(self, policies: PolicySet) -> None:
+        self.current = policies
 
 
 class PolicySources:
@@ -50,19 +60,21 @@ class PolicySources:
         document: PolicyFile,
         routes: TopicRoutes,
         *,
-        categories: Callable[[], ModelCategories | None],
+        categories: Callable[[], ModelCategories | None] | None,
         apply: Callable[[PolicySet], None],
-        metrics: Metrics,
+        reloads: Counter,
     ) -> None:
+        """``categories``: what the served model offers policies, None while it is not known
+        yet; pass None instead of a function where no model is checked (the review page)."""
         self._document = document
         self._pushed: dict[str, TenantPolicySpec] = {}
         self._routes = routes
         self._categories = categories
         self._apply = apply
-        self._metrics = metrics
+        self._reloads = reloads
 
     def model_known(self) -> bool:
-        return self._categories() is not None
+        return self._categories is None or self._categories() is not None
 
     def try_apply(
         self, document: PolicyFile | None = None, pushed: dict[str, TenantPolicySpec] | None = None
@@ -70,7 +82,7 @@ class PolicySources:
         """Put the candidate sources in force if they compile; keep the current ones if not."""
         document = self._document if document is None else document
         pushed = self._pushed if pushed is None else pushed
-        categories = self._categories()
+        categories = self._categories() if self._categories is not None else None
         try:
             tenants = {**document.tenants, **pushed}
             combined = document.model_copy(update={"tenants": tenants})
@@ -82,12 +94,12 @@ class PolicySources:
             return False
         self._document, self._pushed = document, pushed
         self._apply(policies)
-        self._metrics.policy_reloads.labels("applied").inc()
+        self._reloads.labels("applied").inc()
         logger.info("policy %s in force", policies.version)
         return True
 
     def refused(self, reason: str) -> None:
-        self._metrics.policy_reloads.labels("rejected").inc()
+        self._reloads.labels("rejected").inc()
         logger.error("policy update refused, the previous policy stays in force: %s", reason)
 
     def push(self, tenant: str, spec: TenantPolicySpec | None) -> bool:

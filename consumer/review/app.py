@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from consumer.contract.events import Action, Decision
 from consumer.errors import DeliveryError
 from consumer.imaging.decode import ImageLimits
-from consumer.moderation.policy import PolicySet
+from consumer.moderation.watch import LivePolicies
 from consumer.review.access import CSRF_FIELD, SESSION_COOKIE, Gate, Refused
 from consumer.review.auth import Reviewer
 from consumer.review.metrics import ReviewMetrics
@@ -66,7 +66,7 @@ class Review:
     reader: RecordReader
     images: ImageSource
     limits: ImageLimits
-    policies: PolicySet
+    policies: LivePolicies
     metrics: ReviewMetrics
     saliency: SaliencyModel | None
     display_max_side: int
@@ -205,7 +205,7 @@ async def item_page(request: Request, review: Review, reviewer: Reviewer) -> Res
     position = [e.event_id for e in review.queue.entries(tenant)].index(entry.event_id) + 1
     view = item_view(
         decision,
-        review.policies.rules_for(tenant),
+        review.policies.current.rules_for(tenant),
         review.saliency.categories(decision.model.heads_version)
         if review.saliency is not None and review.saliency.explains(decision.model.name)
         else [],
@@ -259,7 +259,9 @@ async def verdict(request: Request, review: Review, reviewer: Reviewer) -> Respo
     review.gate.check_post(request, reviewer, _field(form.get(CSRF_FIELD)))
     entry = _entry(request, review)
     decision = await _decision(review, entry)
-    allowed = item_view(decision, review.policies.rules_for(entry.tenant_id), []).verdict_categories
+    allowed = item_view(
+        decision, review.policies.current.rules_for(entry.tenant_id), []
+    ).verdict_categories
     action = _field(form.get("action"))
     category = _field(form.get("category")) or None
     if action not in (Action.ALLOW.value, Action.BLOCK.value):

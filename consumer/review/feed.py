@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -30,12 +30,14 @@ class QueueFeed:
         self,
         consumer: AIOKafkaConsumer,
         queue: ReviewQueue,
-        review_topics: Sequence[str],
+        review_topics: Callable[[], Sequence[str]],
         labels_topic: str,
     ) -> None:
+        """``review_topics`` is asked again every time partitions are checked: a policy that
+        names a new review topic adds it without a restart."""
         self._consumer = consumer
         self._queue = queue
-        self._review_topics = tuple(dict.fromkeys(review_topics))
+        self._review_topics = review_topics
         self._labels_topic = labels_topic
         self._next: dict[TopicPartition, int] = {}
         self.caught_up = asyncio.Event()
@@ -68,7 +70,7 @@ class QueueFeed:
         return True
 
     def _topics(self) -> tuple[str, ...]:
-        return (*self._review_topics, self._labels_topic)
+        return (*dict.fromkeys(self._review_topics()), self._labels_topic)
 
     async def _assign(self) -> None:
         try:
@@ -76,14 +78,15 @@ class QueueFeed:
         except KafkaError:
             logger.warning("cannot refresh topic metadata; retrying", exc_info=True)
             return
+        topics = self._topics()
         wanted = {
             TopicPartition(topic, partition)
-            for topic in self._topics()
+            for topic in topics
             for partition in self._consumer.partitions_for_topic(topic) or ()
         }
         if wanted == set(self._next):
             return
-        missing = [t for t in self._topics() if not self._consumer.partitions_for_topic(t)]
+        missing = [t for t in topics if not self._consumer.partitions_for_topic(t)]
         if missing:
             logger.warning(
                 "topics not found yet (checked again every %.0fs): %s",

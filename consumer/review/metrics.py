@@ -51,6 +51,12 @@ class ReviewMetrics:
             "Produce attempts (final decisions, verdicts) that failed and were retried.",
             registry=self.registry,
         )
+        self.policy_reloads = Counter(
+            "modstream_review_policy_reloads_total",
+            "Policy changes (file or pushed) the page applied or refused.",
+            ["result"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "modstream_review_auth_failures_total",
             "Refused requests: missing or invalid credentials, another tenant, bad CSRF token.",

@@ -19,7 +19,8 @@ import uvicorn
 from consumer.errors import ConfigError
 from consumer.imaging.decode import ImageLimits
 from consumer.imaging.fetch import ImageFetcher
-from consumer.moderation.policy import PolicySet, load_policy
+from consumer.moderation.policy import PolicySet, compile_policy, parse_policy, read_policy_text
+from consumer.moderation.watch import LivePolicies, PolicySources, PolicyWatcher
 from consumer.pipeline.sink import Sink
 from consumer.review.access import Gate
 from consumer.review.app import Review, build_app
@@ -40,7 +41,7 @@ from consumer.runtime.kafka import (
 )
 from consumer.runtime.metrics import TenantLabels
 from consumer.runtime.settings import Settings
-from consumer.service import topic_routes
+from consumer.service import follow_policy_topic, topic_routes
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,10 @@ async def serve_review(
     """Serve the page until ``stop`` is set; ``on_started(page_port, metrics_port)`` is
     called once both listen (tests use port 0)."""
     config = settings.review
-    policies = load_policy(settings.policy.path, topic_routes(settings.topics))
+    routes = topic_routes(settings.topics)
+    policy_text = read_policy_text(settings.policy.path)
+    document = parse_policy(policy_text, str(settings.policy.path))
+    policies = LivePolicies(compile_policy(document, routes))
     reviewers = ReviewerDirectory(config.reviewers_file)
     saliency = (
         SaliencyModel.load(config.saliency_repository, settings.triton.model_name)
@@ -90,14 +94,15 @@ async def serve_review(
     )
     if config.csrf_secret is None:
         logger.warning("MODSTREAM_REVIEW__CSRF_SECRET is not set: forms only work on this replica")
-    topics = review_topics(settings, policies)
     await ensure_compacted_topic(
         settings.kafka,
         settings.topics.labels,
         config.labels_partitions,
         config.labels_replication_factor,
     )
-    metrics = ReviewMetrics(TenantLabels(settings.metrics.max_tenant_labels, policies.tenants))
+    metrics = ReviewMetrics(
+        TenantLabels(settings.metrics.max_tenant_labels, policies.current.tenants)
+    )
     queue = ReviewQueue(config.max_items_per_tenant)
     producer = build_producer(settings.kafka)
     await start_producer(producer, settings.kafka.bootstrap_servers)
@@ -105,7 +110,17 @@ async def serve_review(
     record_consumer = build_reader(settings.kafka)
     fetcher = ImageFetcher(settings.imaging)
     limits = ImageLimits.from_settings(settings.imaging)
-    feed = QueueFeed(feed_consumer, queue, topics, settings.topics.labels)
+    feed = QueueFeed(
+        feed_consumer,
+        queue,
+        lambda: review_topics(settings, policies.current),
+        settings.topics.labels,
+    )
+    # Tenants' topics and thresholds follow the same live sources as the consumer's (the file,
+    # and pushed policies); the page checks no model, so every valid policy applies.
+    sources = PolicySources(
+        document, routes, categories=None, apply=policies.replace, reloads=metrics.policy_reloads
+    )
     health = ReviewHealth(feed.caught_up.is_set)
     health_server = HealthServer(
         settings.metrics.host,
@@ -140,6 +155,15 @@ async def serve_review(
             ready=feed.caught_up.is_set,
         )
         await health_server.start()
+        if settings.policy.reload_interval_s > 0:
+            watcher = PolicyWatcher(settings.policy.path, sources, initial_text=policy_text)
+            tasks.append(
+                asyncio.create_task(
+                    watcher.run(settings.policy.reload_interval_s), name="review-policy-file"
+                )
+            )
+        if settings.policy.topic is not None:
+            tasks.append(await follow_policy_topic(settings, sources))
         tasks.append(asyncio.create_task(feed.run(), name="review-feed"))
         server = uvicorn.Server(
             uvicorn.Config(
@@ -162,7 +186,12 @@ async def serve_review(
             await asyncio.sleep(0.05)
         health.started = True
         page_port = server.servers[0].sockets[0].getsockname()[1]
-        logger.info("review page on %s:%d, topics %s", config.host, page_port, ", ".join(topics))
+        logger.info(
+            "review page on %s:%d, review topics %s",
+            config.host,
+            page_port,
+            ", ".join(review_topics(settings, policies.current)),
+        )
         if on_started is not None:
             on_started(page_port, health_server.port)
         stopped = asyncio.create_task(stop.wait())

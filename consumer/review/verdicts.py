@@ -24,7 +24,8 @@ from consumer.contract.events import (
 from consumer.contract.headers import PREFIX, Headers, decision_headers
 from consumer.errors import ConfigError
 from consumer.moderation.decide import EXEMPLAR_RULE
-from consumer.moderation.policy import THRESHOLD_RULE, PolicySet
+from consumer.moderation.policy import THRESHOLD_RULE
+from consumer.moderation.watch import LivePolicies
 from consumer.pipeline.sink import Sink
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def corrected_decision(
 class VerdictPublisher:
     """Produces a verdict's final decision and its label, each acknowledged (acks=all)."""
 
-    def __init__(self, sink: Sink, policies: PolicySet, labels_topic: str) -> None:
+    def __init__(self, sink: Sink, policies: LivePolicies, labels_topic: str) -> None:
         self._sink = sink
         self._policies = policies
         self._labels_topic = labels_topic
@@ -141,7 +142,8 @@ class VerdictPublisher:
         the model's decision carried the input's), then the label."""
         verdict = build_verdict(decision, choice, reviewer_id, reviewed_at)
         final = corrected_decision(decision, choice, reviewer_id, reviewed_at)
-        topic = self._policies.rules_for(decision.tenant_id).topics.for_action(choice.action)
+        rules = self._policies.current.rules_for(decision.tenant_id)
+        topic = rules.topics.for_action(choice.action)
         key = decision.event_id.encode()
         await self._sink.deliver(
             topic,

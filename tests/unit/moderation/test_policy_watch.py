@@ -35,7 +35,7 @@ class Harness:
                 None if self.categories is None else ModelCategories(self.categories)
             ),
             apply=self.applied.append,
-            metrics=self.metrics,
+            reloads=self.metrics.policy_reloads,
         )
         self.watcher = PolicyWatcher(path, self.sources, initial_text=path.read_text())
 

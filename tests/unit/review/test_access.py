@@ -15,6 +15,7 @@ from consumer.contract.events import ImageEvent, SourceRecord
 from consumer.errors import ConfigError, DeliveryError
 from consumer.imaging.decode import ImageLimits
 from consumer.moderation.policy import TopicRoutes, load_policy
+from consumer.moderation.watch import LivePolicies
 from consumer.review.access import Gate
 from consumer.review.app import Review, build_app
 from consumer.review.auth import CsrfTokens, Reviewer, ReviewerDirectory, new_token
@@ -98,7 +99,7 @@ def _app(
         reader=held_only,
         images=unused,
         limits=ImageLimits(max_bytes=1 << 20, max_pixels=1 << 20),
-        policies=load_policy(DEFAULT_POLICY, TopicRoutes("a", "r", "b")),
+        policies=LivePolicies(load_policy(DEFAULT_POLICY, TopicRoutes("a", "r", "b"))),
         metrics=metrics,
         saliency=None,
         display_max_side=512,
