@@ -19,7 +19,12 @@ from training.prototypes import compute_prototypes, load_labelled
 
 def export_adapted(model: NsfwModel, repo: Path, name: str) -> dict[str, Any]:
     """Write ``repo/nsfw_<name>``; raises ImportFailed when parity fails (nothing installed)."""
-    adapted = NsfwModel(model.net, dataclasses.replace(model.cfg, name=name)).cpu().eval()
+    derived = (
+        f"domain-adapted from nsfwjs {model.cfg.nsfwjs_name} ({model.cfg.source}) by "
+        "python -m training.adapt"
+    )
+    adapted = NsfwModel(model.net, dataclasses.replace(model.cfg, name=name, source=derived))
+    adapted = adapted.cpu().eval()
     images, source = load_labelled(None)
     prototypes = compute_prototypes(adapted, images, source)
     return dataclasses.asdict(export_to_repository(adapted, repo, prototypes))

@@ -36,7 +36,11 @@ class TunedExport:
 
 def tuned_model(backbone: SplitBackbone, name: str = TUNED_NAME) -> NsfwModel:
     """The full network with the tuned tail, under its own registry name."""
-    model = NsfwModel(backbone.model.net, replace(backbone.model.cfg, name=name))
+    cfg = backbone.model.cfg
+    derived = (
+        f"fine-tuned from nsfwjs {cfg.nsfwjs_name} ({cfg.source}) by python -m training.finetune"
+    )
+    model = NsfwModel(backbone.model.net, replace(cfg, name=name, source=derived))
     model.eval()
     return model
 

@@ -35,6 +35,7 @@ from training.nsfwjs.errors import ImportFailed
 from training.nsfwjs.models import (
     CATEGORIES,
     MODELS,
+    NSFWJS_SOURCE,
     NsfwModel,
     PretrainedConfig,
     load,
@@ -170,8 +171,13 @@ def triton_config(cfg: PretrainedConfig, prototypes: Prototypes, model_sha256: s
         f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
         for key, value in parameters.items()
     )
-    return f"""# nsfwjs {cfg.nsfwjs_name} ({cfg.license}), imported exactly and exported by
-# `python -m training.nsfwjs.export`; edit that module, not this file.
+    origin = (
+        "imported exactly"
+        if cfg.source == NSFWJS_SOURCE
+        else "a derived model (see modstream.source)"
+    )
+    return f"""# nsfwjs {cfg.nsfwjs_name} ({cfg.license}), {origin}, exported by
+# `python -m training.nsfwjs.export`'s export path; edit the code, not this file.
 name: "{triton_name(cfg.name)}"
 backend: "onnxruntime"
 max_batch_size: {MAX_BATCH_SIZE}

@@ -59,6 +59,10 @@ _MID_PREFIX = (
 )
 
 
+NSFWJS_SOURCE = f"npm {PACKAGE_SPEC}, https://github.com/infinitered/nsfwjs"
+"""Where the imported weights come from; a derived model states its own derivation."""
+
+
 @dataclass(frozen=True)
 class PretrainedConfig:
     """Everything needed to feed a model and read its outputs; travels with the weights."""
@@ -82,7 +86,7 @@ class PretrainedConfig:
         "(aspect ratio not kept), applied after dividing by 255"
     )
     license: str = "MIT"
-    source: str = field(default=f"npm {PACKAGE_SPEC}, https://github.com/infinitered/nsfwjs")
+    source: str = field(default=NSFWJS_SOURCE)
     tarball_sha256: str = TARBALL_SHA256
 
     def to_dict(self) -> dict[str, object]:

@@ -207,6 +207,9 @@ def test_a_tiny_fine_tune_reports_exports_and_refuses_stale_heads(tmp_path: Path
     config = read_config(new.folder / "config.pbtxt")
     assert config.name == "nsfw_tiny"
     assert config.parameters[BACKBONE_SHA_PARAMETER].string_value == new.sha256
+    # It says what it is: derived, not the imported weights.
+    assert config.parameters["modstream.source"].string_value.startswith("fine-tuned from nsfwjs")
+    assert "a derived model" in (new.folder / "config.pbtxt").read_text().splitlines()[0]
 
     # Heads trained on the old backbone: Triton's heads model refuses to load them...
     heads_dir = repo / "heads"
