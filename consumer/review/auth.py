@@ -17,11 +17,12 @@ when it changes, so adding or removing a reviewer needs no restart.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +55,8 @@ class ReviewersFile(BaseModel):
 class Reviewer:
     id: str
     tenants: frozenset[str]
+    token_sha256: str | None = field(default=None, compare=False)
+    """The digest of the reviewer's current token: a new token ends old sessions and forms."""
 
     def may_review(self, tenant_id: str) -> bool:
         return ALL_TENANTS in self.tenants or tenant_id in self.tenants
@@ -117,7 +120,10 @@ class ReviewerDirectory:
         if stamp == self._stamp:
             return
         document = _parse(self._path)
-        by_id = {spec.id: Reviewer(spec.id, frozenset(spec.tenants)) for spec in document.reviewers}
+        by_id = {
+            spec.id: Reviewer(spec.id, frozenset(spec.tenants), spec.token_sha256)
+            for spec in document.reviewers
+        }
         if len(by_id) != len(document.reviewers):
             raise ConfigError(f"{self._path}: a reviewer id is listed twice")
         self._by_id = by_id
@@ -145,14 +151,56 @@ def _parse(path: Path) -> ReviewersFile:
 
 
 class CsrfTokens:
-    """Form tokens bound to the reviewer: a form from one reviewer's page cannot be posted
-    for another, and a page on another site cannot know it. Replicas share the secret."""
+    """Form tokens bound to the reviewer and their current token: a form from one reviewer's
+    page cannot be posted for another, one from before a token change not at all, and a page
+    on another site cannot know it. Replicas share the secret."""
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
     def issue(self, reviewer: Reviewer) -> str:
-        return hmac.new(self._secret, b"csrf\0" + reviewer.id.encode(), hashlib.sha256).hexdigest()
+        message = f"csrf\0{reviewer.id}\0{reviewer.token_sha256 or ''}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def valid(self, reviewer: Reviewer, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(self.issue(reviewer), token)
+
+
+@dataclass(frozen=True)
+class Session:
+    reviewer_id: str
+    token_sha256: str
+
+
+class SessionCookies:
+    """The sign-in cookie: the reviewer id, an expiry and the token's digest, signed. It never
+    holds the token; it ends at its expiry, and when the reviewer's token changes."""
+
+    def __init__(self, secret: bytes, lifetime_s: int) -> None:
+        self._secret = secret
+        self._lifetime_s = lifetime_s
+
+    @property
+    def lifetime_s(self) -> int:
+        return self._lifetime_s
+
+    def issue(self, reviewer: Reviewer, now: float) -> str:
+        payload = f"{reviewer.id}\0{int(now) + self._lifetime_s}\0{reviewer.token_sha256 or ''}"
+        body = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+        return f"{body}.{self._sign(body)}"
+
+    def verify(self, value: str, now: float) -> Session | None:
+        body, _, signature = value.partition(".")
+        if not body or not hmac.compare_digest(self._sign(body), signature):
+            return None
+        try:
+            payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+            reviewer_id, expiry, digest = payload.split("\0")
+            if int(expiry) < now:
+                return None
+        except ValueError:
+            return None
+        return Session(reviewer_id, digest)
+
+    def _sign(self, body: str) -> str:
+        return hmac.new(self._secret, b"session\0" + body.encode(), hashlib.sha256).hexdigest()

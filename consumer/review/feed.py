@@ -40,12 +40,20 @@ class QueueFeed:
         self._review_topics = review_topics
         self._labels_topic = labels_topic
         self._next: dict[TopicPartition, int] = {}
+        # The backlog at start: each partition's first high watermark (from a fetch: the
+        # answer of list-offsets is wrong on some Kafka-compatible brokers).
+        self._backlog: dict[TopicPartition, int | None] | None = None
         self.caught_up = asyncio.Event()
 
     async def run(self) -> None:
         """Read until cancelled; ``caught_up`` is set once the start's backlog is read."""
         loop = asyncio.get_running_loop()
-        await self._assign()
+        # No metadata yet: nothing to read, and not ready.
+        assigned = await self._assign()
+        while not assigned:
+            await asyncio.sleep(1.0)
+            assigned = await self._assign()
+        self._backlog = dict.fromkeys(self._next)
         checked_at = loop.time()
         while True:
             batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
@@ -53,39 +61,50 @@ class QueueFeed:
                 for record in records:
                     self._apply(record)
                     self._next[partition] = record.offset + 1
-            if not self.caught_up.is_set() and self._at_end():
+            if not self.caught_up.is_set() and self._backlog_read():
                 self.caught_up.set()
                 logger.info("review queue loaded from %s", ", ".join(self._topics()))
             if loop.time() - checked_at > PARTITION_CHECK_S:
                 checked_at = loop.time()
                 await self._assign()
 
-    def _at_end(self) -> bool:
-        """Every partition read to the high watermark its last fetch returned (the answer of
-        list-offsets is wrong on some Kafka-compatible brokers; a fetch's is not)."""
-        for partition in self._next:
-            highwater = self._consumer.highwater(partition)
-            if highwater is None or self._next[partition] < highwater:
+    def _backlog_read(self) -> bool:
+        """Every partition of the start read up to where it ended then; a partition that
+        went away since counts as read."""
+        backlog = self._backlog
+        if backlog is None:
+            return False
+        for partition, end in backlog.items():
+            if partition not in self._next:
+                continue
+            if end is None:
+                end = backlog[partition] = self._consumer.highwater(partition)
+            if end is None or self._next[partition] < end:
                 return False
         return True
 
     def _topics(self) -> tuple[str, ...]:
         return (*dict.fromkeys(self._review_topics()), self._labels_topic)
 
-    async def _assign(self) -> None:
+    async def _assign(self) -> bool:
+        """Follow every partition of the topics now wanted; False when Kafka's metadata
+        could not be read (nothing changed)."""
         try:
             await self._consumer.topics()
         except KafkaError:
             logger.warning("cannot refresh topic metadata; retrying", exc_info=True)
-            return
+            return False
         topics = self._topics()
         wanted = {
             TopicPartition(topic, partition)
             for topic in topics
             for partition in self._consumer.partitions_for_topic(topic) or ()
         }
+        if not wanted:
+            logger.warning("none of %s exists yet; checking again", ", ".join(topics))
+            return False
         if wanted == set(self._next):
-            return
+            return True
         missing = [t for t in topics if not self._consumer.partitions_for_topic(t)]
         if missing:
             logger.warning(
@@ -93,6 +112,8 @@ class QueueFeed:
                 PARTITION_CHECK_S,
                 ", ".join(missing),
             )
+        for gone in set(self._next) - wanted:
+            del self._next[gone]
         self._consumer.assign(sorted(wanted))
         for partition in wanted:
             # Re-assigning forgets positions; resume where this feed left off.
@@ -101,6 +122,7 @@ class QueueFeed:
                 await self._consumer.seek_to_beginning(partition)
             else:
                 self._consumer.seek(partition, start)
+        return True
 
     def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.value is None:

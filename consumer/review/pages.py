@@ -53,13 +53,15 @@ def item_view(decision: Decision, rules: TenantRules, heat_categories: list[str]
         )
         for category, score in sorted(decision.scores.items(), key=lambda item: -item[1])
     ]
-    thresholded = sorted(
+    lean = leaning(decision)
+    thresholded = [
         category
         for category, threshold in rules.thresholds.items()
         if category in decision.scores
         and (threshold.review is not None or threshold.block is not None)
-    )
-    lean = leaning(decision)
+    ]
+    # Key 1 is the category the model suspected; the others follow by score.
+    thresholded.sort(key=lambda c: (c != lean.category, -decision.scores[c], c))
     heat = [category for category in decision.scores if category in heat_categories]
     default: str | None
     if lean.category in heat:

@@ -10,10 +10,30 @@ where its decision is (``at``) and the decision is read again when someone opens
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from consumer.contract.events import Decision, ReviewVerdict
+
+
+def item_key(event_id: str) -> str:
+    """The item's name in URLs: base64url of its event id. Event ids are the tenant's to choose
+    (``../``, ``/image``, ``?``); in a path they could point a browser at another item, so they
+    never appear in one."""
+    return base64.urlsafe_b64encode(event_id.encode()).decode().rstrip("=")
+
+
+def event_id_of(key: str) -> str | None:
+    """The event id an item key names; None for anything that is not a key."""
+    try:
+        raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
+        event_id = raw.decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    return event_id if event_id and item_key(event_id) == key else None
 
 
 @dataclass(frozen=True)
@@ -37,16 +57,29 @@ class QueueEntry:
     """None past the tenant's memory cap: read it again from ``at``."""
 
 
+def _order(entry: QueueEntry) -> tuple[datetime, str]:
+    return entry.decided_at, entry.event_id
+
+
 @dataclass
 class _TenantQueue:
     entries: dict[str, QueueEntry] = field(default_factory=dict)
     held: int = 0
-    ordered: list[QueueEntry] | None = None
+    # Kept sorted as items come and go: a page view never sorts the whole queue.
+    ordered: list[QueueEntry] = field(default_factory=list)
 
-    def sorted(self) -> list[QueueEntry]:
-        if self.ordered is None:
-            self.ordered = sorted(self.entries.values(), key=lambda e: (e.decided_at, e.event_id))
-        return self.ordered
+    def insert(self, entry: QueueEntry) -> None:
+        self.entries[entry.event_id] = entry
+        bisect.insort(self.ordered, entry, key=_order)
+
+    def remove(self, event_id: str) -> QueueEntry | None:
+        entry = self.entries.pop(event_id, None)
+        if entry is not None:
+            del self.ordered[self.index(entry)]
+        return entry
+
+    def index(self, entry: QueueEntry) -> int:
+        return bisect.bisect_left(self.ordered, _order(entry), key=_order)
 
 
 class ReviewQueue:
@@ -68,16 +101,17 @@ class ReviewQueue:
         if decision.event_id in queue.entries:
             return False
         hold = queue.held < self._max_held
-        queue.entries[decision.event_id] = QueueEntry(
-            event_id=decision.event_id,
-            tenant_id=decision.tenant_id,
-            decided_at=decision.decided_at,
-            at=at,
-            headers=headers,
-            decision=decision if hold else None,
+        queue.insert(
+            QueueEntry(
+                event_id=decision.event_id,
+                tenant_id=decision.tenant_id,
+                decided_at=decision.decided_at,
+                at=at,
+                headers=headers,
+                decision=decision if hold else None,
+            )
         )
         queue.held += hold
-        queue.ordered = None
         return True
 
     def settle(self, verdict: ReviewVerdict) -> QueueEntry | None:
@@ -86,34 +120,44 @@ class ReviewQueue:
         queue = self._tenants.get(verdict.tenant_id)
         if queue is None:
             return None
-        entry = queue.entries.pop(verdict.event_id, None)
+        entry = queue.remove(verdict.event_id)
         if entry is not None:
             queue.held -= entry.decision is not None
-            queue.ordered = None
         return entry
 
     def tenants(self) -> list[str]:
         return sorted(self._tenants)
 
-    def entries(self, tenant_id: str) -> list[QueueEntry]:
-        """The tenant's waiting items, oldest decision first."""
+    def entries(self, tenant_id: str, limit: int | None = None) -> list[QueueEntry]:
+        """The tenant's waiting items (the first ``limit``), oldest decision first."""
         queue = self._tenants.get(tenant_id)
-        return list(queue.sorted()) if queue is not None else []
+        return list(queue.ordered[:limit]) if queue is not None else []
 
     def get(self, tenant_id: str, event_id: str) -> QueueEntry | None:
         queue = self._tenants.get(tenant_id)
         return queue.entries.get(event_id) if queue is not None else None
 
+    def position(self, tenant_id: str, event_id: str) -> int | None:
+        """Where ``event_id`` is in the tenant's queue (0: the oldest); None when not there."""
+        queue = self._tenants.get(tenant_id)
+        entry = queue.entries.get(event_id) if queue is not None else None
+        if queue is None or entry is None:
+            return None
+        return queue.index(entry)
+
     def neighbours(self, tenant_id: str, event_id: str) -> tuple[str | None, str | None]:
-        """The event ids before and after ``event_id`` in the tenant's queue."""
-        ordered = self.entries(tenant_id)
-        ids = [entry.event_id for entry in ordered]
-        if event_id not in ids:
-            return None, ids[0] if ids else None
-        index = ids.index(event_id)
+        """The event ids before and after ``event_id`` in the tenant's queue (when it is not
+        there any more: none before, the oldest after)."""
+        queue = self._tenants.get(tenant_id)
+        if queue is None or not queue.ordered:
+            return None, None
+        index = self.position(tenant_id, event_id)
+        if index is None:
+            return None, queue.ordered[0].event_id
+        ordered = queue.ordered
         return (
-            ids[index - 1] if index > 0 else None,
-            ids[index + 1] if index + 1 < len(ids) else None,
+            ordered[index - 1].event_id if index > 0 else None,
+            ordered[index + 1].event_id if index + 1 < len(ordered) else None,
         )
 
     def depth(self, tenant_id: str) -> int:
@@ -121,7 +165,7 @@ class ReviewQueue:
         return len(queue.entries) if queue is not None else 0
 
     def oldest_age_s(self, tenant_id: str, now: datetime) -> float:
-        ordered = self.entries(tenant_id)
-        if not ordered:
+        queue = self._tenants.get(tenant_id)
+        if queue is None or not queue.ordered:
             return 0.0
-        return max(0.0, (now - ordered[0].decided_at).total_seconds())
+        return max(0.0, (now - queue.ordered[0].decided_at).total_seconds())

@@ -9,6 +9,7 @@ the page runs these in a worker thread.
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
@@ -31,14 +32,17 @@ class Shown:
     model_input: DecodedImage
 
 
-def prepare(data: bytes, limits: ImageLimits, max_side: int) -> Shown:
-    """Check ``data`` against every limit, then build the displayed picture.
+def prepare(
+    data: bytes, limits: ImageLimits, max_side: int, model_size: int = MODEL_INPUT_SIZE
+) -> Shown:
+    """Check ``data`` against every limit, then build the displayed picture (and the model's
+    ``model_size`` input, for heat maps).
 
     Raises RecordUnavailable when the image breaks a limit or cannot be decoded.
     """
     try:
         # First, exactly the consumer's checks and decode: refuses what the consumer refused.
-        model_input = decode_image(data, MODEL_INPUT_SIZE, limits)
+        model_input = decode_image(data, model_size, limits)
     except ImageRejected as exc:
         raise RecordUnavailable(f"the image cannot be shown: {exc}") from exc
     try:
@@ -64,3 +68,24 @@ def saliency_jpeg(
     """The heat map of ``category`` over the displayed image. Raises SaliencyUnavailable."""
     heat = model.explain(shown.model_input.pixels, category, heads_version)
     return overlay_jpeg(shown.display, heat, quality=JPEG_QUALITY)
+
+
+class ShownCache:
+    """The last few prepared images: the image and its heat maps are separate requests, and
+    a reviewer flips between categories; each should not read Kafka and decode again."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[str, str], Shown] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> Shown | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, str], shown: Shown) -> None:
+        self._items[key] = shown
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)

@@ -23,14 +23,15 @@ from consumer.moderation.policy import PolicySet, compile_policy, parse_policy, 
 from consumer.moderation.watch import LivePolicies, PolicySources, PolicyWatcher
 from consumer.pipeline.sink import Sink
 from consumer.review.access import Gate
-from consumer.review.app import Review, build_app
-from consumer.review.auth import CsrfTokens, ReviewerDirectory
+from consumer.review.app import build_app
+from consumer.review.auth import CsrfTokens, ReviewerDirectory, SessionCookies
 from consumer.review.feed import QueueFeed
 from consumer.review.metrics import ReviewMetrics
 from consumer.review.pages import Pages
 from consumer.review.queue import ReviewQueue
 from consumer.review.records import ImageSource, RecordReader
 from consumer.review.saliency import SaliencyModel
+from consumer.review.state import Review
 from consumer.review.verdicts import VerdictPublisher
 from consumer.runtime.health import HealthServer, HealthState
 from consumer.runtime.kafka import (
@@ -44,6 +45,9 @@ from consumer.runtime.settings import Settings
 from consumer.service import follow_policy_topic, topic_routes
 
 logger = logging.getLogger(__name__)
+
+# A reviewer signs in once a working day.
+SESSION_LIFETIME_S = 12 * 3600
 
 
 class ReviewHealth(HealthState):
@@ -138,7 +142,13 @@ async def serve_review(
         review = Review(
             queue=queue,
             gate=Gate(
-                reviewers, CsrfTokens(secret), metrics, config.auth, config.proxy_user_header
+                reviewers,
+                CsrfTokens(secret),
+                SessionCookies(secret, SESSION_LIFETIME_S),
+                metrics,
+                config.auth,
+                config.proxy_user_header,
+                secure_cookies=config.secure_cookies,
             ),
             pages=Pages(),
             publisher=VerdictPublisher(
@@ -151,7 +161,6 @@ async def serve_review(
             metrics=metrics,
             saliency=saliency,
             display_max_side=config.display_max_side,
-            secure_cookies=config.secure_cookies,
             ready=feed.caught_up.is_set,
         )
         await health_server.start()

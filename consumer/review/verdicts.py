@@ -22,7 +22,7 @@ from consumer.contract.events import (
     ReviewVerdict,
 )
 from consumer.contract.headers import PREFIX, Headers, decision_headers
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, DeliveryError
 from consumer.moderation.decide import EXEMPLAR_RULE
 from consumer.moderation.policy import THRESHOLD_RULE
 from consumer.moderation.watch import LivePolicies
@@ -62,9 +62,11 @@ def leaning(decision: Decision) -> Leaning:
     """The model leaned to block when a category threshold or an exemplar bank sent the item
     to review (it suspects that category), and to allow when only its trust in its own label
     did (a low prototype similarity or a disagreeing pool, on an image it would allow)."""
-    for reason in decision.reasons:
-        if reason.rule in _SUSPECTING_RULES:
-            return Leaning(Action.BLOCK, reason.category)
+    suspecting = [reason for reason in decision.reasons if reason.rule in _SUSPECTING_RULES]
+    if suspecting:
+        # The most severe suspicion; among equals, the first the decision lists.
+        strongest = max(suspecting, key=lambda r: r.action.severity)
+        return Leaning(Action.BLOCK, strongest.category)
     first = decision.reasons[0].category if decision.reasons else None
     return Leaning(Action.ALLOW, first)
 
@@ -122,6 +124,15 @@ def corrected_decision(
     )
 
 
+class LabelNotRecorded(DeliveryError):
+    """The final decision went out, its label did not: record ``verdict`` again (the same
+    verdict, so downstream never sees two different final answers from this page)."""
+
+    def __init__(self, message: str, verdict: ReviewVerdict) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+
+
 class VerdictPublisher:
     """Produces a verdict's final decision and its label, each acknowledged (acks=all)."""
 
@@ -151,12 +162,10 @@ class VerdictPublisher:
             final.model_dump_json().encode(),
             [*decision_headers(headers, final), (PREFIX + "reviewer", reviewer_id.encode())],
         )
-        await self._sink.deliver(
-            self._labels_topic,
-            key,
-            verdict.model_dump_json().encode(),
-            [("content-type", b"application/json"), (PREFIX + "schema", b"review_verdict/1.0")],
-        )
+        try:
+            await self.publish_label(verdict)
+        except DeliveryError as exc:
+            raise LabelNotRecorded(str(exc), verdict) from exc
         logger.info(
             "verdict %s by %s, final decision produced to %s",
             choice.action.value,
@@ -171,3 +180,12 @@ class VerdictPublisher:
             },
         )
         return verdict
+
+    async def publish_label(self, verdict: ReviewVerdict) -> None:
+        """Produce ``verdict`` to the labels topic (and nothing else)."""
+        await self._sink.deliver(
+            self._labels_topic,
+            verdict.event_id.encode(),
+            verdict.model_dump_json().encode(),
+            [("content-type", b"application/json"), (PREFIX + "schema", b"review_verdict/1.0")],
+        )

@@ -193,7 +193,8 @@ class ReviewSettings(_Section):
     secure_cookies: bool = True
     # The review topics to read; empty: every tenant's review topic in the policy file.
     topics: list[str] = Field(default_factory=list)
-    # Items kept per tenant in memory (oldest first); later ones wait until the queue shrinks.
+    # Decisions kept in memory per tenant; past it an item keeps only its coordinates and its
+    # decision is read back from Kafka when it is opened.
     max_items_per_tenant: int = Field(default=10_000, ge=1)
     # Model repository holding the served backbone and heads, for heat maps; unset: none.
     saliency_repository: Path | None = None

@@ -28,6 +28,7 @@ from bench.local.tansu import TansuBroker, ensure_topics
 from bench.samples import photo_image
 from consumer.contract.events import Action, Decision, ModelRef, Reason, ReviewVerdict
 from consumer.moderation.policy import THRESHOLD_RULE
+from consumer.review.queue import item_key
 from tests.support.heads import qr_composite
 from tests.support.kafka_io import read_until
 from tests.support.paths import REPO_ROOT, TRITON_REPO
@@ -152,7 +153,7 @@ def test_a_reviewer_clears_a_queue_by_keyboard(
         driver.save_screenshot(str(shots / "review-queue.png"))
 
         _press(driver, "\ue007")  # Enter: start with the oldest
-        _until_url(driver, "/t/marketplace/items/m-1")
+        _until_url(driver, f"/t/marketplace/items/{item_key('m-1')}")
         _press(driver, "h")
         WebDriverWait(driver, WAIT_S).until(
             lambda d: d.execute_script(
@@ -164,15 +165,15 @@ def test_a_reviewer_clears_a_queue_by_keyboard(
         driver.save_screenshot(str(shots / "review-item-heatmap.png"))
 
         _press(driver, "b")  # m-1: block
-        _until_url(driver, "/items/m-2")
+        _until_url(driver, f"/items/{item_key('m-2')}")
         _press(driver, "j")  # look ahead at m-3, then back
-        _until_url(driver, "/items/m-3")
+        _until_url(driver, f"/items/{item_key('m-3')}")
         _press(driver, "k")
-        _until_url(driver, "/items/m-2")
+        _until_url(driver, f"/items/{item_key('m-2')}")
         first_value = driver.find_element(By.CSS_SELECTOR, "[data-key='1']").get_attribute("value")
         category_label = driver.find_element(By.CSS_SELECTOR, "[data-key='1']").text
         _press(driver, "1")  # m-2: block as the first category
-        _until_url(driver, "/items/m-3")
+        _until_url(driver, f"/items/{item_key('m-3')}")
         _press(driver, "a")  # m-3: allow
         _until_url(driver, "/t/marketplace")
         assert "Nothing waiting" in driver.find_element(By.TAG_NAME, "main").text

@@ -23,6 +23,7 @@ from bench.local.tansu import TansuBroker, ensure_topics
 from bench.local.triton import TritonServer
 from bench.samples import photos, standins
 from consumer.contract.events import Action, Decision, ImageEvent, ReviewVerdict
+from consumer.review.queue import item_key
 from consumer.runtime.settings import BatchSettings, Settings, TritonSettings
 from tests.integration.test_pipeline import running
 from tests.support.kafka_io import produce_positions, read_until
@@ -113,7 +114,7 @@ async def test_review_verdicts_become_final_decisions_and_labels(
                 await asyncio.sleep(0.2)
             assert f"{len(reviewed)} waiting" in queue.text
             first = min(reviewed, key=lambda d: (d.decided_at, d.event_id))
-            shown = await client.get(f"/t/shop/items/{first.event_id}/image")
+            shown = await client.get(f"/t/shop/items/{item_key(first.event_id)}/image")
             original = next(
                 s for s, e in zip(samples, events, strict=True) if e.event_id == first.event_id
             )
@@ -126,7 +127,7 @@ async def test_review_verdicts_become_final_decisions_and_labels(
                 assert (
                     abs(picture.size[0] / picture.size[1] - source.size[0] / source.size[1]) < 0.02
                 )
-            page_html = (await client.get(f"/t/shop/items/{first.event_id}")).text
+            page_html = (await client.get(f"/t/shop/items/{item_key(first.event_id)}")).text
             csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page_html)
             assert csrf is not None
             chosen: dict[str, tuple[str, str | None]] = {}
@@ -136,7 +137,9 @@ async def test_review_verdicts_become_final_decisions_and_labels(
                 form = {"csrf": csrf.group(1), "action": choice[0]}
                 if choice[1] is not None:
                     form["category"] = choice[1]
-                answer = await client.post(f"/t/shop/items/{decision.event_id}/verdict", data=form)
+                answer = await client.post(
+                    f"/t/shop/items/{item_key(decision.event_id)}/verdict", data=form
+                )
                 assert answer.status_code == 303, answer.text
             empty = await client.get("/t/shop")
             assert "Nothing waiting" in empty.text

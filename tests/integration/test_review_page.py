@@ -18,6 +18,7 @@ from PIL import Image
 
 from bench.local.tansu import TansuBroker, ensure_topics
 from consumer.contract.events import Action, Decision, ImageEvent, ReviewVerdict, SourceRecord
+from consumer.review.queue import item_key
 from consumer.runtime.settings import ImagingSettings, Settings
 from tests.support.image_server import image_server
 from tests.support.kafka_io import produce_positions, read_until
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.integration
 
 TOKENS = {"alice": "alice-token-1", "tina": "tina-token-2", "lead": "lead-token-3"}
 HOSTILE = '<script>alert("x")</script>'
+TRAVERSAL = "../../tickets/items/" + item_key("t-1")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ def page(broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory) -> Itera
         ("acme", "a-3", png_bytes((30, 30, 200)), None),
         ("acme", "a-big", png_bytes((90, 90, 90), size=(1200, 1000)), "suggestive"),
         ("tickets", "t-1", png_bytes((250, 250, 0)), "sexual_explicit"),
+        # An event id chosen to walk a browser from acme's queue to tickets' item.
+        ("acme", TRAVERSAL, png_bytes((1, 2, 3)), "suggestive"),
     ]
     decisions = asyncio.run(
         queue_items(broker.bootstrap_servers, topics, items, metadata={"note": HOSTILE})
@@ -118,7 +122,12 @@ def _csrf(page: Page, reviewer: str, path: str) -> str:
 
 
 def test_missing_or_bad_credentials_get_401(page: Page) -> None:
-    for path in ("/", "/t/acme", "/t/acme/items/a-1", "/t/acme/items/a-1/image"):
+    for path in (
+        "/",
+        "/t/acme",
+        f"/t/acme/items/{item_key('a-1')}",
+        f"/t/acme/items/{item_key('a-1')}/image",
+    ):
         missing = httpx.get(f"{page.url}{path}")
         assert missing.status_code == 401
         assert missing.headers["www-authenticate"].startswith("Bearer")
@@ -128,7 +137,9 @@ def test_missing_or_bad_credentials_get_401(page: Page) -> None:
         assert "a-1" not in bad.text
     cookie = httpx.get(f"{page.url}/", cookies={"modstream_review": "forged"})
     assert cookie.status_code == 401
-    posted = httpx.post(f"{page.url}/t/acme/items/a-1/verdict", data={"action": "allow"})
+    posted = httpx.post(
+        f"{page.url}/t/acme/items/{item_key('a-1')}/verdict", data={"action": "allow"}
+    )
     assert posted.status_code == 401
 
 
@@ -140,9 +151,9 @@ def test_reviewers_see_only_their_tenants(page: Page) -> None:
     # Another tenant: 403 for its queue and items, whether or not they exist.
     for path in (
         "/t/tickets",
-        "/t/tickets/items/t-1",
-        "/t/tickets/items/t-1/image",
-        "/t/tickets/items/t-1/saliency?category=suggestive",
+        f"/t/tickets/items/{item_key('t-1')}",
+        f"/t/tickets/items/{item_key('t-1')}/image",
+        f"/t/tickets/items/{item_key('t-1')}/saliency?category=suggestive",
         "/t/no-such-tenant",
     ):
         answer = httpx.get(f"{page.url}{path}", headers=_auth("alice"))
@@ -151,28 +162,28 @@ def test_reviewers_see_only_their_tenants(page: Page) -> None:
     # Another tenant's event id under one's own tenant, guessed ids, offsets in the query:
     # the same 404, and nothing about the other item.
     for path in (
-        "/t/acme/items/t-1",
-        "/t/acme/items/t-1/image",
-        "/t/acme/items/a-999",
+        f"/t/acme/items/{item_key('t-1')}",
+        f"/t/acme/items/{item_key('t-1')}/image",
+        f"/t/acme/items/{item_key('a-999')}",
         "/t/acme/items/..%2F..%2Ft%2Ftickets%2Fitems%2Ft-1",
-        "/t/acme/items/a-1x/image?topic=x&partition=0&offset=0",
+        f"/t/acme/items/{item_key('a-1x')}/image?topic=x&partition=0&offset=0",
     ):
         answer = httpx.get(f"{page.url}{path}", headers=_auth("alice"))
         assert answer.status_code == 404, path
         assert "tickets" not in answer.text
         assert "t-1" not in answer.text
     # Query parameters never choose a record: the image is the item's own.
-    own = httpx.get(f"{page.url}/t/acme/items/a-1/image", headers=_auth("alice"))
+    own = httpx.get(f"{page.url}/t/acme/items/{item_key('a-1')}/image", headers=_auth("alice"))
     other = httpx.get(
-        f"{page.url}/t/acme/items/a-1/image?topic={page.topics.input}&partition=0&offset=4",
+        f"{page.url}/t/acme/items/{item_key('a-1')}/image?topic={page.topics.input}&partition=0&offset=4",
         headers=_auth("alice"),
     )
     assert own.status_code == other.status_code == 200
     assert own.content == other.content
     # Verdicts on another tenant's item are refused too.
-    token = _csrf(page, "alice", "/t/acme/items/a-1")
+    token = _csrf(page, "alice", f"/t/acme/items/{item_key('a-1')}")
     posted = httpx.post(
-        f"{page.url}/t/tickets/items/t-1/verdict",
+        f"{page.url}/t/tickets/items/{item_key('t-1')}/verdict",
         data={"csrf": token, "action": "allow"},
         headers=_auth("alice"),
     )
@@ -184,30 +195,30 @@ def test_reviewers_see_only_their_tenants(page: Page) -> None:
 
 
 def test_posts_without_the_reviewers_csrf_token_are_refused(page: Page) -> None:
-    url = f"{page.url}/t/acme/items/a-3/verdict"
+    url = f"{page.url}/t/acme/items/{item_key('a-3')}/verdict"
     assert httpx.post(url, data={"action": "allow"}, headers=_auth("alice")).status_code == 403
-    lead_token = _csrf(page, "lead", "/t/acme/items/a-3")
+    lead_token = _csrf(page, "lead", f"/t/acme/items/{item_key('a-3')}")
     forged = httpx.post(url, data={"action": "allow", "csrf": lead_token}, headers=_auth("alice"))
     assert forged.status_code == 403
-    own = _csrf(page, "alice", "/t/acme/items/a-3")
+    own = _csrf(page, "alice", f"/t/acme/items/{item_key('a-3')}")
     cross_site = httpx.post(
         url,
         data={"action": "allow", "csrf": own},
         headers={**_auth("alice"), "Origin": "https://evil.example"},
     )
     assert cross_site.status_code == 403
-    still_there = httpx.get(f"{page.url}/t/acme/items/a-3", headers=_auth("alice"))
+    still_there = httpx.get(f"{page.url}/t/acme/items/{item_key('a-3')}", headers=_auth("alice"))
     assert still_there.status_code == 200
 
 
 def test_text_from_events_is_escaped(page: Page) -> None:
-    html = httpx.get(f"{page.url}/t/acme/items/a-1", headers=_auth("alice")).text
+    html = httpx.get(f"{page.url}/t/acme/items/{item_key('a-1')}", headers=_auth("alice")).text
     assert HOSTILE not in html
     assert "&lt;script&gt;" in html
 
 
 def test_images_are_reencoded_uncached_and_capped(page: Page) -> None:
-    answer = httpx.get(f"{page.url}/t/acme/items/a-1/image", headers=_auth("alice"))
+    answer = httpx.get(f"{page.url}/t/acme/items/{item_key('a-1')}/image", headers=_auth("alice"))
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "image/jpeg"
     assert answer.headers["cache-control"] == "no-store"
@@ -216,42 +227,46 @@ def test_images_are_reencoded_uncached_and_capped(page: Page) -> None:
     with Image.open(io.BytesIO(answer.content)) as shown:
         assert shown.format == "JPEG"
         assert shown.size == (320, 240)
-    big = httpx.get(f"{page.url}/t/acme/items/a-big/image", headers=_auth("alice"))
+    big = httpx.get(f"{page.url}/t/acme/items/{item_key('a-big')}/image", headers=_auth("alice"))
     assert big.status_code == 404
     assert "pixels" in big.text
     heat = httpx.get(
-        f"{page.url}/t/acme/items/a-1/saliency?category=suggestive", headers=_auth("alice")
+        f"{page.url}/t/acme/items/{item_key('a-1')}/saliency?category=suggestive",
+        headers=_auth("alice"),
     )
     assert heat.status_code == 200
     assert heat.headers["cache-control"] == "no-store"
     unknown = httpx.get(
-        f"{page.url}/t/acme/items/a-1/saliency?category=<b>nope</b>", headers=_auth("alice")
+        f"{page.url}/t/acme/items/{item_key('a-1')}/saliency?category=<b>nope</b>",
+        headers=_auth("alice"),
     )
     assert unknown.status_code == 404
     assert "<b>nope</b>" not in unknown.text
 
 
 def test_verdicts_reach_the_labels_topic_and_the_actions_topic(page: Page) -> None:
-    token = _csrf(page, "alice", "/t/acme/items/a-1")
+    token = _csrf(page, "alice", f"/t/acme/items/{item_key('a-1')}")
     url = f"{page.url}/t/acme/items"
     allowed = httpx.post(
-        f"{url}/a-1/verdict", data={"csrf": token, "action": "allow"}, headers=_auth("alice")
+        f"{url}/{item_key('a-1')}/verdict",
+        data={"csrf": token, "action": "allow"},
+        headers=_auth("alice"),
     )
     assert allowed.status_code == 303
-    assert allowed.headers["location"] == "/t/acme/items/a-2"
+    assert allowed.headers["location"] == f"/t/acme/items/{item_key('a-2')}"
     refused = httpx.post(
-        f"{url}/a-2/verdict",
+        f"{url}/{item_key('a-2')}/verdict",
         data={"csrf": token, "action": "block", "category": "not-a-category"},
         headers=_auth("alice"),
     )
     assert refused.status_code == 400
     blocked = httpx.post(
-        f"{url}/a-2/verdict",
+        f"{url}/{item_key('a-2')}/verdict",
         data={"csrf": token, "action": "block", "category": "suggestive"},
         headers=_auth("alice"),
     )
     assert blocked.status_code == 303
-    assert httpx.get(f"{url}/a-1", headers=_auth("alice")).status_code == 404
+    assert httpx.get(f"{url}/{item_key('a-1')}", headers=_auth("alice")).status_code == 404
 
     bootstrap = page.settings.kafka.bootstrap_servers
     labels = asyncio.run(read_until(bootstrap, [page.topics.labels], 2, 20))
@@ -332,12 +347,25 @@ def test_an_image_url_goes_through_the_egress_guard(page: Page) -> None:
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            item = httpx.get(f"{page.url}/t/acme/items/a-url", headers=_auth("alice"))
+            item = httpx.get(f"{page.url}/t/acme/items/{item_key('a-url')}", headers=_auth("alice"))
             if item.status_code == 200:
                 break
             time.sleep(0.2)
         assert item.status_code == 200
-        shown = httpx.get(f"{page.url}/t/acme/items/a-url/image", headers=_auth("alice"))
+        shown = httpx.get(
+            f"{page.url}/t/acme/items/{item_key('a-url')}/image", headers=_auth("alice")
+        )
         assert shown.status_code == 404
         assert "FETCH_ALLOW_NETWORKS" in shown.text
         assert server.hits["/image.png"] == 0
+
+
+def test_event_ids_never_steer_links_to_another_item(page: Page) -> None:
+    """Links name items by key: an event id made of '../' stays text, and its own item opens."""
+    queue = httpx.get(f"{page.url}/t/acme", headers=_auth("lead")).text
+    hrefs = re.findall(r'href="([^"]+)"', queue)
+    assert hrefs
+    assert all(".." not in href and "/t/tickets" not in href for href in hrefs)
+    own = httpx.get(f"{page.url}/t/acme/items/{item_key(TRAVERSAL)}", headers=_auth("lead"))
+    assert own.status_code == 200
+    assert "../../tickets/items/" in own.text

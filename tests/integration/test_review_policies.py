@@ -13,6 +13,7 @@ import pytest
 
 from bench.local.tansu import TansuBroker, ensure_topics
 from consumer.contract.events import Action, Decision
+from consumer.review.queue import item_key
 from consumer.runtime.settings import PolicySettings
 from tests.support.kafka_io import produce_positions, read_until
 from tests.support.review import (
@@ -66,14 +67,14 @@ def test_final_decisions_follow_a_pushed_tenant_policy(
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with review_page(settings) as page:
         for _ in range(100):
-            item = httpx.get(f"{page.url}/t/acme/items/p-1", headers=auth)
+            item = httpx.get(f"{page.url}/t/acme/items/{item_key('p-1')}", headers=auth)
             if item.status_code == 200:
                 break
             time.sleep(0.2)
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', item.text)
         assert csrf is not None
         posted = httpx.post(
-            f"{page.url}/t/acme/items/p-1/verdict",
+            f"{page.url}/t/acme/items/{item_key('p-1')}/verdict",
             data={"csrf": csrf.group(1), "action": "allow"},
             headers=auth,
         )

@@ -11,19 +11,28 @@ from typing import Any, Literal
 import pytest
 from starlette.testclient import TestClient
 
-from consumer.contract.events import ImageEvent, SourceRecord
+from consumer.contract.events import Action, ImageEvent, ReviewVerdict, SourceRecord
 from consumer.errors import ConfigError, DeliveryError
 from consumer.imaging.decode import ImageLimits
 from consumer.moderation.policy import TopicRoutes, load_policy
 from consumer.moderation.watch import LivePolicies
 from consumer.review.access import Gate
-from consumer.review.app import Review, build_app
-from consumer.review.auth import CsrfTokens, Reviewer, ReviewerDirectory, new_token
+from consumer.review.app import build_app
+from consumer.review.auth import (
+    CsrfTokens,
+    Reviewer,
+    ReviewerDirectory,
+    SessionCookies,
+    new_token,
+)
 from consumer.review.metrics import ReviewMetrics
 from consumer.review.pages import Pages
-from consumer.review.queue import RecordAt, ReviewQueue
+from consumer.review.queue import RecordAt, ReviewQueue, event_id_of, item_key
+from consumer.review.saliency import SaliencyModel
+from consumer.review.state import Review
+from consumer.review.verdicts import LabelNotRecorded, build_verdict
 from consumer.runtime.metrics import TenantLabels
-from tests.support.paths import DEFAULT_POLICY
+from tests.support.paths import DEFAULT_POLICY, TRITON_REPO
 from tests.support.review import review_decision, write_reviewers
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -76,19 +85,37 @@ def test_csrf_tokens_are_bound_to_the_reviewer_and_the_secret() -> None:
 
 
 def _app(
-    tmp_path: Path, mode: Literal["token", "proxy"], publisher: Any = None, reader: Any = None
+    tmp_path: Path,
+    mode: Literal["token", "proxy"],
+    publisher: Any = None,
+    reader: Any = None,
+    saliency: SaliencyModel | None = None,
+    heads_version: str | None = None,
 ) -> tuple[TestClient, Gate]:
     reviewers = write_reviewers(
         tmp_path / "r.yaml", {"alice": ("alice-token", ["acme"]), "lead": ("lead-token", ["*"])}
     )
     metrics = ReviewMetrics(TenantLabels(10))
-    gate = Gate(ReviewerDirectory(reviewers), CsrfTokens(b"s"), metrics, mode, "X-Auth-User")
+    gate = Gate(
+        ReviewerDirectory(reviewers),
+        CsrfTokens(b"s"),
+        SessionCookies(b"s", 3600),
+        metrics,
+        mode,
+        "X-Auth-User",
+    )
     queue = ReviewQueue(10)
     event = ImageEvent(
         event_id="e-1", tenant_id="acme", image_url="https://example.com/a.jpg", created_at=NOW
     )
     source = SourceRecord(topic="in", partition=0, offset=0, timestamp_ms=None, key_b64=None)
-    queue.add(review_decision(event, source, decided_at=NOW), RecordAt("review", 0, 0))
+    decision = review_decision(event, source, decided_at=NOW)
+    if heads_version is not None:
+        model = decision.model.model_copy(
+            update={"heads_model": "heads", "heads_version": heads_version}
+        )
+        decision = decision.model_copy(update={"model": model})
+    queue.add(decision, RecordAt("review", 0, 0))
     unused: Any = None
     held_only: Any = reader or _HeldOnly()
     review = Review(
@@ -101,9 +128,8 @@ def _app(
         limits=ImageLimits(max_bytes=1 << 20, max_pixels=1 << 20),
         policies=LivePolicies(load_policy(DEFAULT_POLICY, TopicRoutes("a", "r", "b"))),
         metrics=metrics,
-        saliency=None,
+        saliency=saliency,
         display_max_side=512,
-        secure_cookies=True,
         ready=lambda: True,
     )
     client = TestClient(
@@ -134,7 +160,7 @@ def test_behind_a_proxy_the_reviewer_comes_from_its_header(proxied: TestClient) 
     home = proxied.get("/", headers={"X-Auth-User": "alice"})
     assert home.status_code == 200
     assert "acme" in home.text
-    item = proxied.get("/t/acme/items/e-1", headers={"X-Auth-User": "alice"})
+    item = proxied.get(f"/t/acme/items/{item_key('e-1')}", headers={"X-Auth-User": "alice"})
     assert item.status_code == 200
     assert "e-1" in item.text
     assert proxied.get("/t/other", headers={"X-Auth-User": "alice"}).status_code == 403
@@ -147,11 +173,16 @@ def test_sign_in_sets_a_strict_http_only_cookie(tmp_path: Path) -> None:
         assert refused.status_code == 401
         signed_in = client.post("/login", data={"token": "alice-token"}, follow_redirects=False)
         assert signed_in.status_code == 303
-        cookie = signed_in.headers["set-cookie"].lower()
-        for attribute in ("httponly", "samesite=strict", "secure"):
-            assert attribute in cookie
+        cookie = signed_in.headers["set-cookie"]
+        assert cookie.startswith("__Host-modstream_review=")
+        for attribute in ("httponly", "samesite=strict", "secure", "path=/"):
+            assert attribute in cookie.lower()
+        # The cookie is a signed session, never the token itself.
+        assert "alice-token" not in cookie
         assert client.get("/t/acme").status_code == 200
-        csrf = gate.csrf_token(Reviewer("alice", frozenset({"acme"})))
+        alice = ReviewerDirectory(tmp_path / "r.yaml").by_id("alice")
+        assert alice is not None
+        csrf = gate.csrf_token(alice)
         assert client.post("/logout", data={}, follow_redirects=False).status_code == 403
         out = client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
         assert out.status_code == 303
@@ -182,22 +213,128 @@ class _Broken:
 
 def test_a_verdict_kafka_refused_keeps_the_item_and_says_so(tmp_path: Path) -> None:
     client, gate = _app(tmp_path, "token", publisher=_KafkaDown())
-    csrf = gate.csrf_token(Reviewer("alice", frozenset({"acme"})))
+    alice = ReviewerDirectory(tmp_path / "r.yaml").by_id("alice")
+    assert alice is not None
+    csrf = gate.csrf_token(alice)
     auth = {"Authorization": "Bearer alice-token"}
     with client:
         answer = client.post(
-            "/t/acme/items/e-1/verdict", data={"csrf": csrf, "action": "allow"}, headers=auth
+            f"/t/acme/items/{item_key('e-1')}/verdict",
+            data={"csrf": csrf, "action": "allow"},
+            headers=auth,
         )
         assert answer.status_code == 503
         assert "post it again" in answer.text
-        assert client.get("/t/acme/items/e-1", headers=auth).status_code == 200
+        assert client.get(f"/t/acme/items/{item_key('e-1')}", headers=auth).status_code == 200
 
 
 def test_a_server_error_still_carries_the_security_headers(tmp_path: Path) -> None:
     client, _ = _app(tmp_path, "token", reader=_Broken())
     with client:
-        answer = client.get("/t/acme/items/e-1", headers={"Authorization": "Bearer alice-token"})
+        answer = client.get(
+            f"/t/acme/items/{item_key('e-1')}", headers={"Authorization": "Bearer alice-token"}
+        )
         assert answer.status_code == 500
         assert "a bug" not in answer.text
         assert answer.headers["cache-control"] == "no-store"
         assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+def test_item_keys_keep_event_ids_out_of_paths() -> None:
+    for event_id in ("e-1", "../../b/items/x", "x/image", "a?b#c%2F", "é"):
+        key = item_key(event_id)
+        assert set(key) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        assert event_id_of(key) == event_id
+    for junk in ("", "..", "ZS0x=", "ZS0x/", "%2e%2e", "!!!!"):
+        assert event_id_of(junk) is None
+
+
+def test_sessions_expire_cannot_be_forged_and_end_with_the_token(tmp_path: Path) -> None:
+    path = write_reviewers(tmp_path / "r.yaml", {"alice": ("alice-token", ["acme"])})
+    directory = ReviewerDirectory(path)
+    alice = directory.by_id("alice")
+    assert alice is not None
+    sessions = SessionCookies(b"secret", lifetime_s=60)
+    cookie = sessions.issue(alice, now=1000)
+    assert sessions.verify(cookie, now=1059) is not None
+    assert sessions.verify(cookie, now=1061) is None
+    assert SessionCookies(b"other", 60).verify(cookie, now=1000) is None
+    body, _, signature = cookie.partition(".")
+    assert sessions.verify(body[:-2] + "AA." + signature, now=1000) is None
+    # A new token for alice: the old session and the old forms stop working.
+    csrf = CsrfTokens(b"secret")
+    old_form = csrf.issue(alice)
+    write_reviewers(path, {"alice": ("alice-token-2", ["acme"])})
+    os.utime(path, ns=(3, 4))
+    renewed = directory.by_id("alice")
+    assert renewed is not None
+    session = sessions.verify(cookie, now=1000)
+    assert session is not None
+    assert session.token_sha256 != renewed.token_sha256
+    assert not csrf.valid(renewed, old_form)
+
+
+def test_sign_in_from_another_site_and_huge_bodies_are_refused(tmp_path: Path) -> None:
+    client, _ = _app(tmp_path, "token")
+    with client:
+        for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            answer = client.post(
+                "/login", data={"token": "alice-token"}, headers=headers, follow_redirects=False
+            )
+            assert answer.status_code == 403
+            assert "set-cookie" not in answer.headers
+        huge = client.post("/login", content=b"token=" + b"x" * 100_000)
+        assert huge.status_code == 413
+
+
+def test_an_item_whose_heads_are_missing_is_still_reviewable(tmp_path: Path) -> None:
+    if not (TRITON_REPO / "nsfw_mobilenet_v2" / "1" / "model.onnx").is_file():
+        pytest.fail("triton_repo is not set up: run ./scripts/setup.sh")
+    model = SaliencyModel.load(TRITON_REPO, "nsfw_mobilenet_v2")
+    client, _ = _app(tmp_path, "token", saliency=model, heads_version="99")
+    with client:
+        page = client.get(
+            f"/t/acme/items/{item_key('e-1')}", headers={"Authorization": "Bearer alice-token"}
+        )
+        assert page.status_code == 200
+        assert "No heat map" in page.text
+
+
+class _LabelFailsOnce:
+    def __init__(self) -> None:
+        self.decisions = 0
+        self.labels: list[ReviewVerdict] = []
+
+    async def publish(
+        self, decision: Any, choice: Any, reviewer_id: str, at: Any, headers: Any = ()
+    ) -> ReviewVerdict:
+        self.decisions += 1
+        verdict = build_verdict(decision, choice, reviewer_id, at)
+        raise LabelNotRecorded("labels topic unavailable", verdict)
+
+    async def publish_label(self, verdict: ReviewVerdict) -> None:
+        self.labels.append(verdict)
+
+
+def test_a_verdict_whose_label_failed_is_completed_as_first_given(tmp_path: Path) -> None:
+    publisher = _LabelFailsOnce()
+    client, gate = _app(tmp_path, "token", publisher=publisher)
+    alice = ReviewerDirectory(tmp_path / "r.yaml").by_id("alice")
+    assert alice is not None
+    url = f"/t/acme/items/{item_key('e-1')}/verdict"
+    auth = {"Authorization": "Bearer alice-token"}
+    with client:
+        first = client.post(
+            url, data={"csrf": gate.csrf_token(alice), "action": "block"}, headers=auth
+        )
+        assert first.status_code == 503
+        again = client.post(
+            url,
+            data={"csrf": gate.csrf_token(alice), "action": "allow"},
+            headers=auth,
+            follow_redirects=False,
+        )
+        assert again.status_code == 303
+    # One final decision; the label completes the first verdict, not the second click.
+    assert publisher.decisions == 1
+    assert [v.action for v in publisher.labels] == [Action.BLOCK]
