@@ -278,6 +278,20 @@ class ReviewVerdict(BaseModel):
     overturned: bool
 
 
+class ReviewClaim(BaseModel):
+    """A reviewer has an item open: produced by the review page to the compacted claims
+    topic, keyed by ``event_id``, so that other reviewers (on any replica) are sent to other
+    items until ``expires_at``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal["1.0"] = "1.0"
+    event_id: EventId
+    tenant_id: TenantId
+    reviewer_id: str
+    expires_at: datetime
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schemas of every payload, keyed by file name."""
     return {
@@ -286,4 +300,5 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "dead_letter.schema.json": DeadLetter.model_json_schema(),
         "heads_shadow.schema.json": ShadowComparison.model_json_schema(),
         "review_verdict.schema.json": ReviewVerdict.model_json_schema(),
+        "review_claim.schema.json": ReviewClaim.model_json_schema(),
     }

@@ -112,15 +112,18 @@ async def tenants_page(request: Request, review: Review, reviewer: Reviewer) -> 
 
 async def queue_page(request: Request, review: Review, reviewer: Reviewer) -> Response:
     tenant = request.path_params["tenant"]
+    now = datetime.now(UTC)
+    start = review.queue.next_for(tenant, reviewer.id, now)
     return render(
         review,
         reviewer,
         "queue.html",
         tenant=tenant,
         entries=[
-            (item_key(entry.event_id), entry)
+            (item_key(entry.event_id), entry, review.queue.claimant(tenant, entry.event_id, now))
             for entry in review.queue.entries(tenant, review.pages.queue_page_size)
         ],
+        start=item_key(start) if start is not None else None,
         total=review.queue.depth(tenant),
-        now=datetime.now(UTC),
+        now=now,
     )

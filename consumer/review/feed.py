@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from consumer.contract.events import Action, Decision, ReviewVerdict
+from consumer.contract.events import Action, Decision, ReviewClaim, ReviewVerdict
 from consumer.review.queue import RecordAt, ReviewQueue
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class QueueFeed:
         queue: ReviewQueue,
         review_topics: Callable[[], Sequence[str]],
         labels_topic: str,
+        claims_topic: str | None = None,
     ) -> None:
         """``review_topics`` is asked again every time partitions are checked: a policy that
         names a new review topic adds it without a restart."""
@@ -39,6 +40,7 @@ class QueueFeed:
         self._queue = queue
         self._review_topics = review_topics
         self._labels_topic = labels_topic
+        self._claims_topic = claims_topic
         self._next: dict[TopicPartition, int] = {}
         # The backlog at start: each partition's first high watermark (from a fetch: the
         # answer of list-offsets is wrong on some Kafka-compatible brokers).
@@ -84,7 +86,8 @@ class QueueFeed:
         return True
 
     def _topics(self) -> tuple[str, ...]:
-        return (*dict.fromkeys(self._review_topics()), self._labels_topic)
+        others = (self._labels_topic, self._claims_topic)
+        return (*dict.fromkeys(self._review_topics()), *(t for t in others if t is not None))
 
     async def _assign(self) -> bool:
         """Follow every partition of the topics now wanted; False when Kafka's metadata
@@ -131,6 +134,9 @@ class QueueFeed:
         try:
             if record.topic == self._labels_topic:
                 self._queue.settle(ReviewVerdict.model_validate_json(record.value))
+                return
+            if record.topic == self._claims_topic:
+                self._queue.claim(ReviewClaim.model_validate_json(record.value))
                 return
             decision = Decision.model_validate_json(record.value)
         except ValidationError as exc:

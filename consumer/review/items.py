@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from consumer.contract.events import Action, Decision
+from consumer.contract.events import Action, Decision, ReviewClaim
 from consumer.errors import ConfigError, DeliveryError
 from consumer.review.access import CSRF_FIELD
 from consumer.review.auth import Reviewer
@@ -37,6 +37,19 @@ async def item_page(request: Request, review: Review, reviewer: Reviewer) -> Res
     if position is None:  # settled by a verdict read while the decision was being read
         raise NotFound()
     previous, following = review.queue.neighbours(tenant, entry.event_id)
+    now = datetime.now(UTC)
+    holder = review.queue.claimant(tenant, entry.event_id, now)
+    if holder is None or holder.reviewer_id == reviewer.id:
+        # Opening an item (again) claims it, so other reviewers are sent elsewhere.
+        claim = ReviewClaim(
+            event_id=entry.event_id,
+            tenant_id=tenant,
+            reviewer_id=reviewer.id,
+            expires_at=now + timedelta(seconds=review.claim_s),
+        )
+        review.queue.claim(claim)
+        await review.publisher.publish_claim(claim)
+        holder = None
     heat = await asyncio.to_thread(_heat_categories, review, decision)
     return render(
         review,
@@ -49,7 +62,8 @@ async def item_page(request: Request, review: Review, reviewer: Reviewer) -> Res
         following=item_key(following) if following is not None else None,
         position=position + 1,
         total=review.queue.depth(tenant),
-        now=datetime.now(UTC),
+        now=now,
+        holder=holder,
     )
 
 
@@ -121,6 +135,11 @@ async def verdict(request: Request, review: Review, reviewer: Reviewer) -> Respo
     key = (entry.tenant_id, entry.event_id)
     if key in review.in_flight:
         return review.pages.error(409, "This verdict is being recorded already.")
+    holder = review.queue.claimant(entry.tenant_id, entry.event_id, datetime.now(UTC))
+    if holder is not None and holder.reviewer_id != reviewer.id:
+        return review.pages.error(
+            409, f"{holder.reviewer_id} has this item open; take another one, or wait a moment."
+        )
     decision = await decision_of(review, entry)
     rules = review.policies.current.rules_for(entry.tenant_id)
     allowed = item_view(decision, rules, []).verdict_categories
@@ -130,7 +149,6 @@ async def verdict(request: Request, review: Review, reviewer: Reviewer) -> Respo
         return review.pages.error(400, "A verdict is allow or block.")
     if category is not None and (action != Action.BLOCK.value or category not in allowed):
         return review.pages.error(400, "That category cannot be given to this item.")
-    _, following = review.queue.neighbours(entry.tenant_id, entry.event_id)
     reviewed_at = datetime.now(UTC)
     review.in_flight.add(key)
     try:
@@ -164,6 +182,7 @@ async def verdict(request: Request, review: Review, reviewer: Reviewer) -> Respo
         published.overturned,
         (published.reviewed_at - decision.decided_at).total_seconds(),
     )
+    following = review.queue.next_for(entry.tenant_id, reviewer.id, datetime.now(UTC))
     target = f"/t/{entry.tenant_id}"
     if following is not None:
         target = f"{target}/items/{item_key(following)}"

@@ -16,7 +16,7 @@ import bisect
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from consumer.contract.events import Decision, ReviewVerdict
+from consumer.contract.events import Decision, ReviewClaim, ReviewVerdict
 
 
 def item_key(event_id: str) -> str:
@@ -89,6 +89,8 @@ class ReviewQueue:
         # Events with a verdict: a decision read after its verdict (another topic, another
         # partition) must not join the queue again.
         self._settled: set[tuple[str, str]] = set()
+        # Who has which waiting item open, from every replica (the claims topic).
+        self._claims: dict[tuple[str, str], ReviewClaim] = {}
 
     def add(
         self, decision: Decision, at: RecordAt, headers: tuple[tuple[str, bytes], ...] = ()
@@ -120,10 +122,40 @@ class ReviewQueue:
         queue = self._tenants.get(verdict.tenant_id)
         if queue is None:
             return None
+        self._claims.pop((verdict.tenant_id, verdict.event_id), None)
         entry = queue.remove(verdict.event_id)
         if entry is not None:
             queue.held -= entry.decision is not None
         return entry
+
+    def claim(self, claim: ReviewClaim) -> None:
+        """Record that ``claim.reviewer_id`` has the item open (the latest claim counts)."""
+        key = (claim.tenant_id, claim.event_id)
+        if key not in self._settled:
+            self._claims[key] = claim
+
+    def claimant(self, tenant_id: str, event_id: str, now: datetime) -> ReviewClaim | None:
+        """The claim on an item, while it lasts."""
+        claim = self._claims.get((tenant_id, event_id))
+        if claim is None or claim.expires_at <= now:
+            return None
+        return claim
+
+    def next_for(
+        self, tenant_id: str, reviewer_id: str, now: datetime, after: str | None = None
+    ) -> str | None:
+        """The oldest item (after ``after``, when given) that nobody else has open."""
+        queue = self._tenants.get(tenant_id)
+        if queue is None:
+            return None
+        start = 0
+        if after is not None and (index := self.position(tenant_id, after)) is not None:
+            start = index + 1
+        for entry in queue.ordered[start:]:
+            claim = self.claimant(tenant_id, entry.event_id, now)
+            if claim is None or claim.reviewer_id == reviewer_id:
+                return entry.event_id
+        return None
 
     def tenants(self) -> list[str]:
         return sorted(self._tenants)

@@ -98,12 +98,10 @@ async def serve_review(
     )
     if config.csrf_secret is None:
         logger.warning("MODSTREAM_REVIEW__CSRF_SECRET is not set: forms only work on this replica")
-    await ensure_compacted_topic(
-        settings.kafka,
-        settings.topics.labels,
-        config.labels_partitions,
-        config.labels_replication_factor,
-    )
+    for compacted in (settings.topics.labels, settings.topics.review_claims):
+        await ensure_compacted_topic(
+            settings.kafka, compacted, config.labels_partitions, config.labels_replication_factor
+        )
     metrics = ReviewMetrics(
         TenantLabels(settings.metrics.max_tenant_labels, policies.current.tenants)
     )
@@ -119,6 +117,7 @@ async def serve_review(
         queue,
         lambda: review_topics(settings, policies.current),
         settings.topics.labels,
+        settings.topics.review_claims,
     )
     # Tenants' topics and thresholds follow the same live sources as the consumer's (the file,
     # and pushed policies); the page checks no model, so every valid policy applies.
@@ -152,7 +151,10 @@ async def serve_review(
             ),
             pages=Pages(),
             publisher=VerdictPublisher(
-                Sink(producer, metrics.produce_retries), policies, settings.topics.labels
+                Sink(producer, metrics.produce_retries),
+                policies,
+                settings.topics.labels,
+                settings.topics.review_claims,
             ),
             reader=reader,
             images=ImageSource(reader, fetcher, limits),
@@ -162,6 +164,7 @@ async def serve_review(
             saliency=saliency,
             display_max_side=config.display_max_side,
             ready=feed.caught_up.is_set,
+            claim_s=config.claim_s,
         )
         await health_server.start()
         if settings.policy.reload_interval_s > 0:

@@ -38,6 +38,7 @@ class Review:
     saliency: SaliencyModel | None
     display_max_side: int
     ready: Callable[[], bool]
+    claim_s: float = 120.0
     shown: ShownCache = field(default_factory=lambda: ShownCache(SHOWN_CACHE_SIZE))
     # Decoding takes one core each; a heat map runs ONNX Runtime on every core.
     decode_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))

@@ -9,6 +9,7 @@ answer), so downstream never misses a final answer and never sees a label withou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,7 @@ from consumer.contract.events import (
     HumanReview,
     OverriddenDecision,
     Reason,
+    ReviewClaim,
     ReviewVerdict,
 )
 from consumer.contract.headers import PREFIX, Headers, decision_headers
@@ -27,10 +29,14 @@ from consumer.moderation.decide import EXEMPLAR_RULE
 from consumer.moderation.policy import THRESHOLD_RULE
 from consumer.moderation.watch import LivePolicies
 from consumer.pipeline.sink import Sink
+from consumer.runtime.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
 HUMAN_REVIEW_RULE = "human_review"
+# A claim is worth a quick try, never a slow page.
+CLAIM_DELIVERY = RetryPolicy(initial_s=0.05, max_s=0.2, max_attempts=2, deadline_s=1.0)
+CLAIM_DEADLINE_S = 2.0
 # Rules that fire because the image looks like a category; the others (prototype, pool)
 # fire because the model's label is not to be trusted, and lean to its allow.
 _SUSPECTING_RULES = frozenset({THRESHOLD_RULE, EXEMPLAR_RULE})
@@ -136,10 +142,17 @@ class LabelNotRecorded(DeliveryError):
 class VerdictPublisher:
     """Produces a verdict's final decision and its label, each acknowledged (acks=all)."""
 
-    def __init__(self, sink: Sink, policies: LivePolicies, labels_topic: str) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        policies: LivePolicies,
+        labels_topic: str,
+        claims_topic: str | None = None,
+    ) -> None:
         self._sink = sink
         self._policies = policies
         self._labels_topic = labels_topic
+        self._claims_topic = claims_topic
 
     async def publish(
         self,
@@ -189,3 +202,27 @@ class VerdictPublisher:
             verdict.model_dump_json().encode(),
             [("content-type", b"application/json"), (PREFIX + "schema", b"review_verdict/1.0")],
         )
+
+    async def publish_claim(self, claim: ReviewClaim) -> None:
+        """Tell the other replicas who has the item open. Claims only steer reviewers apart:
+        one that cannot be produced soon is given up (logged), never waited for."""
+        if self._claims_topic is None:
+            return
+        try:
+            async with asyncio.timeout(CLAIM_DEADLINE_S):
+                await self._sink.deliver(
+                    self._claims_topic,
+                    claim.event_id.encode(),
+                    claim.model_dump_json().encode(),
+                    [
+                        ("content-type", b"application/json"),
+                        (PREFIX + "schema", b"review_claim/1.0"),
+                    ],
+                    retry=CLAIM_DELIVERY,
+                )
+        except (DeliveryError, TimeoutError):
+            logger.warning(
+                "claim not shared with other replicas",
+                exc_info=True,
+                extra={"event_id": claim.event_id, "tenant": claim.tenant_id},
+            )

@@ -63,6 +63,8 @@ class TopicSettings(_Section):
     heads_shadow: str = "modstream.heads.shadow"
     # Reviewers' verdicts (compacted, keyed by event id): the review page writes, training reads.
     labels: str = "modstream.labels"
+    # Which reviewer has which item open (compacted, keyed by event id): review page replicas.
+    review_claims: str = "modstream.review.claims"
 
 
 class TritonSettings(_Section):
@@ -202,7 +204,9 @@ class ReviewSettings(_Section):
     display_max_side: int = Field(default=1024, ge=64, le=8192)
     # Reading one input record for its image.
     fetch_record_timeout_s: float = Field(default=10.0, gt=0)
-    # The labels topic is created (compacted) with these when it does not exist yet.
+    # How long opening an item keeps other reviewers away from it (renewed while it is open).
+    claim_s: float = Field(default=120.0, gt=0)
+    # The labels and claims topics are created (compacted) with these when missing.
     labels_partitions: int = Field(default=6, ge=1)
     labels_replication_factor: int = Field(default=3, ge=1)
 

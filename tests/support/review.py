@@ -51,6 +51,7 @@ class Topics:
     review: str
     block: str
     labels: str
+    claims: str
     tickets_review: str
     dead_letter: str
 
@@ -63,6 +64,7 @@ def fresh_topics() -> Topics:
         review=f"{prefix}.review",
         block=f"{prefix}.block",
         labels=f"{prefix}.labels",
+        claims=f"{prefix}.claims",
         tickets_review=f"{prefix}.tickets.review",
         dead_letter=f"{prefix}.dlq",
     )
@@ -115,6 +117,7 @@ def review_settings(
             review=topics.review,
             block=topics.block,
             labels=topics.labels,
+            review_claims=topics.claims,
             dead_letter=topics.dead_letter,
         ),
         policy=PolicySettings(path=policy, reload_interval_s=0),

@@ -118,6 +118,7 @@ def _app(
     queue.add(decision, RecordAt("review", 0, 0))
     unused: Any = None
     held_only: Any = reader or _HeldOnly()
+    publisher = publisher or _NoKafka()
     review = Review(
         queue=queue,
         gate=gate,
@@ -136,6 +137,13 @@ def _app(
         build_app(review), base_url="https://review.test", raise_server_exceptions=False
     )
     return client, gate
+
+
+class _NoKafka:
+    """Claims go nowhere; a verdict would need Kafka."""
+
+    async def publish_claim(self, claim: Any) -> None:
+        return None
 
 
 class _HeldOnly:
@@ -201,7 +209,7 @@ def test_every_answer_carries_the_security_headers(tmp_path: Path) -> None:
             assert "script-src 'self'" in headers["content-security-policy"]
 
 
-class _KafkaDown:
+class _KafkaDown(_NoKafka):
     async def publish(self, *args: Any, **kwargs: Any) -> Any:
         raise DeliveryError("producing to allow failed: KafkaTimeoutError")
 
@@ -300,7 +308,7 @@ def test_an_item_whose_heads_are_missing_is_still_reviewable(tmp_path: Path) -> 
         assert "No heat map" in page.text
 
 
-class _LabelFailsOnce:
+class _LabelFailsOnce(_NoKafka):
     def __init__(self) -> None:
         self.decisions = 0
         self.labels: list[ReviewVerdict] = []

@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from consumer.contract.events import Action, Decision, ImageEvent, Reason, SourceRecord
+from consumer.contract.events import (
+    Action,
+    Decision,
+    ImageEvent,
+    Reason,
+    ReviewClaim,
+    SourceRecord,
+)
 from consumer.errors import ConfigError
 from consumer.moderation.decide import EXEMPLAR_RULE, PROTOTYPE_RULE
 from consumer.review.metrics import ReviewMetrics
@@ -131,3 +138,24 @@ def test_queue_gauges_fold_tenants_past_the_label_cap() -> None:
     assert depth("modstream_review_queue_depth", {"tenant": "acme"}) == 1
     assert depth("modstream_review_queue_depth", {"tenant": "other"}) == 2
     assert depth("modstream_review_oldest_age_seconds", {"tenant": "other"}) == 540
+
+
+def test_claims_send_other_reviewers_elsewhere_until_they_expire() -> None:
+    queue = ReviewQueue(max_held_per_tenant=10)
+    for index, event_id in enumerate(("a", "b", "c")):
+        queue.add(_decision(event_id, minutes=index), RecordAt("r", 0, index))
+    now = T0 + timedelta(hours=1)
+    until = now + timedelta(minutes=2)
+    queue.claim(ReviewClaim(event_id="a", tenant_id="acme", reviewer_id="rita", expires_at=until))
+    assert queue.next_for("acme", "rita", now) == "a"  # one's own claim is no obstacle
+    assert queue.next_for("acme", "tina", now) == "b"
+    assert queue.next_for("acme", "tina", now, after="b") == "c"
+    assert queue.next_for("acme", "tina", until) == "a"  # expired
+    claim = queue.claimant("acme", "a", now)
+    assert claim is not None
+    assert claim.reviewer_id == "rita"
+    queue.settle(build_verdict(_decision("a"), VerdictChoice(Action.ALLOW), "rita", now))
+    assert queue.claimant("acme", "a", now) is None
+    # A claim read after the verdict does not come back either.
+    queue.claim(ReviewClaim(event_id="a", tenant_id="acme", reviewer_id="rita", expires_at=until))
+    assert queue.claimant("acme", "a", now) is None
