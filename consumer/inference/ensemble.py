@@ -123,14 +123,25 @@ def heads_step(config: ModelConfig) -> Any:
     raise ConfigError(f"ensemble {config.name} has no step for its heads model {model!r}")
 
 
+def string_parameter(config: ModelConfig, key: str) -> str | None:
+    """A config's ``parameters`` entry ``key``; None when absent or empty."""
+    value = config.parameters.get(key)
+    return str(value.string_value) if value is not None and value.string_value else None
+
+
+def version_folders(model_dir: Path) -> list[int]:
+    """The numeric version folders of a model in a repository, in order (none: empty)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
 def live_version(config: ModelConfig) -> str | None:
-    value = config.parameters.get(HEADS_VERSION_PARAMETER)
-    return value.string_value if value is not None and value.string_value else None
+    return string_parameter(config, HEADS_VERSION_PARAMETER)
 
 
 def previous_version(config: ModelConfig) -> str | None:
-    value = config.parameters.get(PREVIOUS_VERSION_PARAMETER)
-    return value.string_value if value is not None and value.string_value else None
+    return string_parameter(config, PREVIOUS_VERSION_PARAMETER)
 
 
 def _output(config: ModelConfig, name: str) -> Any:

@@ -18,7 +18,7 @@ from consumer.contract.events import Action, Decision, ReviewClaim
 from consumer.errors import ConfigError, DeliveryError
 from consumer.review.access import CSRF_FIELD
 from consumer.review.auth import Reviewer
-from consumer.review.pages import item_view
+from consumer.review.pages import item_view, verdict_categories
 from consumer.review.queue import QueueEntry, event_id_of, item_key
 from consumer.review.records import RecordUnavailable
 from consumer.review.render import Shown, display_jpeg, prepare, saliency_jpeg
@@ -87,7 +87,7 @@ def _heat_categories(review: Review, decision: Decision) -> list[str]:
 async def image(request: Request, review: Review, reviewer: Reviewer) -> Response:
     entry = entry_of(request, review)
     try:
-        shown = await _shown(review, entry)
+        shown = await _shown(review, entry, await decision_of(review, entry))
         async with review.decode_slots:
             body = await asyncio.to_thread(display_jpeg, shown)
     except RecordUnavailable as exc:
@@ -103,7 +103,7 @@ async def saliency(request: Request, review: Review, reviewer: Reviewer) -> Resp
         return review.pages.error(404, "No heat map: the page does not have this model.")
     category = request.query_params.get("category", "")
     try:
-        shown = await _shown(review, entry)
+        shown = await _shown(review, entry, decision)
         async with review.heat_slots:
             body = await asyncio.to_thread(
                 saliency_jpeg, shown, model, category, decision.model.heads_version
@@ -113,12 +113,11 @@ async def saliency(request: Request, review: Review, reviewer: Reviewer) -> Resp
     return Response(body, media_type="image/jpeg")
 
 
-async def _shown(review: Review, entry: QueueEntry) -> Shown:
+async def _shown(review: Review, entry: QueueEntry, decision: Decision) -> Shown:
     key = (entry.tenant_id, entry.event_id)
     cached = review.shown.get(key)
     if cached is not None:
         return cached
-    decision = await decision_of(review, entry)
     data = await review.images.image_bytes(decision)
     async with review.decode_slots:
         shown = await asyncio.to_thread(
@@ -141,8 +140,7 @@ async def verdict(request: Request, review: Review, reviewer: Reviewer) -> Respo
             409, f"{holder.reviewer_id} has this item open; take another one, or wait a moment."
         )
     decision = await decision_of(review, entry)
-    rules = review.policies.current.rules_for(entry.tenant_id)
-    allowed = item_view(decision, rules, []).verdict_categories
+    allowed = verdict_categories(decision, review.policies.current.rules_for(entry.tenant_id))
     action = field_of(form.get("action"))
     category = field_of(form.get("category")) or None
     if action not in (Action.ALLOW.value, Action.BLOCK.value):

@@ -54,14 +54,6 @@ def item_view(decision: Decision, rules: TenantRules, heat_categories: list[str]
         for category, score in sorted(decision.scores.items(), key=lambda item: -item[1])
     ]
     lean = leaning(decision)
-    thresholded = [
-        category
-        for category, threshold in rules.thresholds.items()
-        if category in decision.scores
-        and (threshold.review is not None or threshold.block is not None)
-    ]
-    # Key 1 is the category the model suspected; the others follow by score.
-    thresholded.sort(key=lambda c: (c != lean.category, -decision.scores[c], c))
     heat = [category for category in decision.scores if category in heat_categories]
     default: str | None
     if lean.category in heat:
@@ -74,10 +66,26 @@ def item_view(decision: Decision, rules: TenantRules, heat_categories: list[str]
         reasons=list(decision.reasons),
         bank_matches=[r for r in decision.reasons if r.rule == EXEMPLAR_RULE],
         leaning=lean,
-        verdict_categories=thresholded[:MAX_VERDICT_CATEGORIES],
+        verdict_categories=verdict_categories(decision, rules, lean),
         heat_categories=heat,
         heat_default=default,
     )
+
+
+def verdict_categories(
+    decision: Decision, rules: TenantRules, lean: Leaning | None = None
+) -> list[str]:
+    """What a block may name: the categories the tenant's policy thresholds that the model
+    scored. Key 1 is the one the model suspected; the others follow by score."""
+    lean = lean or leaning(decision)
+    thresholded = [
+        category
+        for category, threshold in rules.thresholds.items()
+        if category in decision.scores
+        and (threshold.review is not None or threshold.block is not None)
+    ]
+    thresholded.sort(key=lambda c: (c != lean.category, -decision.scores[c], c))
+    return thresholded[:MAX_VERDICT_CATEGORIES]
 
 
 def age(now: datetime, then: datetime) -> str:

@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from consumer.errors import ConfigError, ModelMismatch
+from consumer.inference import ensemble
 from consumer.inference.ensemble import EMBEDDING, PIXEL_MODEL_PARAMETER, read_config
 from consumer.inference.model_check import CLASS_NAMES_PARAMETER, PROBS_OUTPUT
 from consumer.moderation.heads import (
@@ -117,31 +118,30 @@ class SaliencyModel:
         config's sha256 names, or (SaliencyUnsupported) its graph has no exact Grad-CAM.
         """
         name, config = model_name, read_config(repository / model_name / "config.pbtxt")
-        heads_model = _parameter(config, HEADS_MODEL_PARAMETER)
+        heads_model = ensemble.string_parameter(config, HEADS_MODEL_PARAMETER)
         for _ in range(3):  # a bytes ensemble wraps the moderation ensemble, which wraps it
             if config.platform != "ensemble":
                 break
-            inner = _parameter(config, BACKBONE_MODEL_PARAMETER) or _parameter(
-                config, PIXEL_MODEL_PARAMETER
-            )
+            inner = ensemble.string_parameter(
+                config, BACKBONE_MODEL_PARAMETER
+            ) or ensemble.string_parameter(config, PIXEL_MODEL_PARAMETER)
             if inner is None:
                 raise ConfigError(f"ensemble {name} names no backbone; load the backbone itself")
             name, config = inner, read_config(repository / inner / "config.pbtxt")
-            heads_model = heads_model or _parameter(config, HEADS_MODEL_PARAMETER)
+            heads_model = heads_model or ensemble.string_parameter(config, HEADS_MODEL_PARAMETER)
         if config.backend != "onnxruntime" and config.platform != "onnxruntime_onnx":
             raise ConfigError(f"{name} is not an ONNX Runtime model; heat maps need its ONNX file")
         path = _model_file(repository / name, config.default_model_filename or MODEL_FILE)
         data = path.read_bytes()
         sha = hashlib.sha256(data).hexdigest()
-        if (recorded := _parameter(config, BACKBONE_SHA_PARAMETER) or "none") != sha:
+        if (recorded := ensemble.string_parameter(config, BACKBONE_SHA_PARAMETER) or "none") != sha:
             raise ConfigError(
                 f"{path} has sha256 {sha[:12]}, its config records {recorded[:12]} "
                 f"({BACKBONE_SHA_PARAMETER}): export the backbone again (python -m "
                 "training.nsfwjs.export, which records it) or restore the repository"
             )
-        class_names = tuple(
-            part.strip() for part in (_parameter(config, CLASS_NAMES_PARAMETER) or "").split(",")
-        )
+        names = ensemble.string_parameter(config, CLASS_NAMES_PARAMETER) or ""
+        class_names = tuple(part.strip() for part in names.split(","))
         if not all(class_names):
             raise ConfigError(f"{name}/config.pbtxt has no {CLASS_NAMES_PARAMETER}")
         try:
@@ -248,14 +248,9 @@ class SaliencyModel:
             return self._heads[version]
 
 
-def _parameter(config: Any, key: str) -> str | None:
-    return str(config.parameters[key].string_value) or None if key in config.parameters else None
-
-
 def _model_file(model_dir: Path, filename: str) -> Path:
     """The model file of the newest numeric version, the one Triton's default policy serves."""
-    versions = [int(v.name) for v in model_dir.iterdir() if v.name.isdigit() and v.is_dir()]
-    path = model_dir / str(max(versions, default=1)) / filename
+    path = model_dir / str(max(ensemble.version_folders(model_dir), default=1)) / filename
     if path.is_file():
         return path
     raise ConfigError(

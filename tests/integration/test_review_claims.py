@@ -4,8 +4,8 @@ other, and the other cannot give it a verdict meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
-import time
 
 import httpx
 import pytest
@@ -18,6 +18,7 @@ from tests.support.review import (
     queue_items,
     review_page,
     review_settings,
+    wait_until,
     write_policy,
     write_reviewers,
 )
@@ -35,6 +36,10 @@ def _start_link(url: str, reviewer: str) -> str | None:
     html = httpx.get(f"{url}/t/acme", headers=_auth(reviewer)).text
     found = re.search(r'id="start" href="/t/acme/items/([A-Za-z0-9_-]+)"', html)
     return found.group(1) if found else None
+
+
+def _starts_with(url: str, reviewer: str, event_id: str) -> bool:
+    return _start_link(url, reviewer) == item_key(event_id)
 
 
 def test_an_item_open_with_one_reviewer_is_skipped_for_another(
@@ -56,21 +61,21 @@ def test_an_item_open_with_one_reviewer_is_skipped_for_another(
         ),
     )
     with review_page(settings) as first, review_page(settings) as second:
-        for page in (first, second):
-            deadline = time.monotonic() + 30
-            while _start_link(page.url, "rita") != item_key("c-1"):
-                assert time.monotonic() < deadline, "the queue never loaded"
-                time.sleep(0.2)
+        for url in (first.url, second.url):
+            wait_until(
+                functools.partial(_starts_with, url, "rita", "c-1"), 30, "the queue never loaded"
+            )
         # Rita opens the oldest on the first replica...
         opened = httpx.get(f"{first.url}/t/acme/items/{item_key('c-1')}", headers=_auth("rita"))
         assert opened.status_code == 200
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', opened.text)
         assert csrf is not None
         # ...and the second replica learns it from the claims topic: Tina starts with c-2.
-        deadline = time.monotonic() + 20
-        while _start_link(second.url, "tina") != item_key("c-2"):
-            assert time.monotonic() < deadline, "the claim never reached the other replica"
-            time.sleep(0.2)
+        wait_until(
+            lambda: _start_link(second.url, "tina") == item_key("c-2"),
+            20,
+            "the claim never reached the other replica",
+        )
         tina_view = httpx.get(f"{second.url}/t/acme/items/{item_key('c-1')}", headers=_auth("tina"))
         assert "rita has this item open" in tina_view.text
         tina_csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', tina_view.text)
@@ -88,10 +93,11 @@ def test_an_item_open_with_one_reviewer_is_skipped_for_another(
             ).status_code
             == 200
         )
-        deadline = time.monotonic() + 20
-        while "<td>tina</td>" not in httpx.get(f"{first.url}/t/acme", headers=_auth("rita")).text:
-            assert time.monotonic() < deadline, "tina's claim never reached the first replica"
-            time.sleep(0.2)
+        wait_until(
+            lambda: "<td>tina</td>" in httpx.get(f"{first.url}/t/acme", headers=_auth("rita")).text,
+            20,
+            "tina's claim never reached the first replica",
+        )
         done = httpx.post(
             f"{first.url}/t/acme/items/{item_key('c-1')}/verdict",
             data={"csrf": csrf.group(1), "action": "block"},

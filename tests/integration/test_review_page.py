@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,12 +24,14 @@ from tests.support.kafka_io import produce_positions, read_until
 from tests.support.paths import TRITON_REPO
 from tests.support.review import (
     Topics,
+    answered,
     fresh_topics,
     png_bytes,
     queue_items,
     review_decision,
     review_page,
     review_settings,
+    wait_until,
     write_policy,
     write_reviewers,
 )
@@ -101,13 +102,11 @@ def page(broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        answer = httpx.get(f"{url}/", headers=_auth("lead"))
-        if answer.status_code == 200:
-            return
-        time.sleep(0.2)
-    raise AssertionError("the review page never loaded its queue")
+    wait_until(
+        lambda: httpx.get(f"{url}/", headers=_auth("lead")).status_code == 200,
+        30,
+        "the review page never loaded its queue",
+    )
 
 
 def _auth(reviewer: str) -> dict[str, str]:
@@ -345,12 +344,12 @@ def test_an_image_url_goes_through_the_egress_guard(page: Page) -> None:
                 bootstrap, page.topics.review, [(b"a-url", decision.model_dump_json().encode(), [])]
             )
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            item = httpx.get(f"{page.url}/t/acme/items/{item_key('a-url')}", headers=_auth("alice"))
-            if item.status_code == 200:
-                break
-            time.sleep(0.2)
+        item = answered(
+            lambda: httpx.get(
+                f"{page.url}/t/acme/items/{item_key('a-url')}", headers=_auth("alice")
+            ),
+            20,
+        )
         assert item.status_code == 200
         shown = httpx.get(
             f"{page.url}/t/acme/items/{item_key('a-url')}/image", headers=_auth("alice")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 
 import httpx
 import pytest
@@ -17,6 +16,7 @@ from consumer.review.queue import item_key
 from consumer.runtime.settings import PolicySettings
 from tests.support.kafka_io import produce_positions, read_until
 from tests.support.review import (
+    answered,
     fresh_topics,
     png_bytes,
     queue_items,
@@ -66,11 +66,9 @@ def test_final_decisions_follow_a_pushed_tenant_policy(
     )
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with review_page(settings) as page:
-        for _ in range(100):
-            item = httpx.get(f"{page.url}/t/acme/items/{item_key('p-1')}", headers=auth)
-            if item.status_code == 200:
-                break
-            time.sleep(0.2)
+        item = answered(
+            lambda: httpx.get(f"{page.url}/t/acme/items/{item_key('p-1')}", headers=auth), 20
+        )
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', item.text)
         assert csrf is not None
         posted = httpx.post(

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import yaml
 from PIL import Image
 
@@ -133,6 +135,25 @@ def review_settings(
             saliency_repository=saliency_repository,
         ),
     )
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, message: str) -> None:
+    """Poll ``check`` until it holds; AssertionError(``message``) after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.2)
+
+
+def answered(get: Callable[[], httpx.Response], timeout_s: float) -> httpx.Response:
+    """The first 200 answer of ``get`` within ``timeout_s`` (else the last answer)."""
+    deadline = time.monotonic() + timeout_s
+    answer = get()
+    while answer.status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        answer = get()
+    return answer
 
 
 @dataclass

@@ -58,14 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="label audit of the set (training.audit)")
     audit.add_argument("--data", type=Path, required=True, help="the set build wrote")
     audit.add_argument("--out", type=Path, required=True, help="report folder")
-    audit.add_argument(
-        "--with",
-        dest="base",
-        type=Path,
-        action="append",
-        default=[],
-        help="audit the verdicts together with this set (repeatable)",
-    )
+    _with_option(audit, "audit the verdicts together with this set (repeatable)")
     audit.add_argument("--backbones", default=",".join(POOL), help="comma-separated pool")
     audit.add_argument("--repo", type=Path, default=Path("triton_repo"))
     audit.add_argument("--top", type=int, default=50, help="labels listed in audit.html")
@@ -73,14 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     again = commands.add_parser("retrain", help="retrain the heads, export a new version")
     again.add_argument("--data", type=Path, required=True, help="the set build wrote")
-    again.add_argument(
-        "--with",
-        dest="base",
-        type=Path,
-        action="append",
-        default=[],
-        help="existing training data to merge in (repeatable)",
-    )
+    _with_option(again, "existing training data to merge in (repeatable)")
     again.add_argument("--out", type=Path, required=True, help="report folder")
     again.add_argument("--cache-dir", type=Path, default=Path(".cache/heads"))
     again.add_argument("--threads", type=int, default=2)
@@ -88,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--no-export", action="store_true", help="train and report only")
     _repo_options(again)
     return parser
+
+
+def _with_option(parser: argparse.ArgumentParser, helptext: str) -> None:
+    parser.add_argument(
+        "--with", dest="base", type=Path, action="append", default=[], help=helptext
+    )
 
 
 def _repo_options(parser: argparse.ArgumentParser) -> None:

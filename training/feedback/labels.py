@@ -94,10 +94,8 @@ def catalog_of(repo: Path, backbone: str, heads_model: str, ensemble_name: str) 
     Raises ConfigError when the backbone's config cannot be read.
     """
     config = ensemble.read_config(repo / backbone / "config.pbtxt")
-    names = config.parameters.get(CLASS_NAMES_PARAMETER)
-    builtin = frozenset(
-        name for name in (names.string_value if names is not None else "").split(",") if name
-    )
+    names = ensemble.string_parameter(config, CLASS_NAMES_PARAMETER) or ""
+    builtin = frozenset(name for name in names.split(",") if name)
     version = _live_heads_version(repo, heads_model, ensemble_name)
     if version is None:
         return HeadCatalog(builtin, ())
@@ -115,8 +113,5 @@ def _live_heads_version(repo: Path, heads_model: str, ensemble_name: str) -> str
         live = ensemble.live_version(ensemble.read_config(pinned))
         if live is not None:
             return live
-    folder = repo / heads_model
-    versions = (
-        [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-    )
-    return str(max(versions)) if versions else None
+    versions = ensemble.version_folders(repo / heads_model)
+    return str(versions[-1]) if versions else None

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from consumer.inference.ensemble import version_folders
 from training.feedback.merge import merge_sets
 from training.heads.cli import TrainOptions, train_command
 from training.heads.embed import TrainingFailed
@@ -90,10 +91,7 @@ def retrain(options: RetrainOptions) -> Retrained:
 
 
 def heads_versions(repo: Path, heads_model: str) -> set[str]:
-    folder = repo / heads_model
-    if not folder.is_dir():
-        return set()
-    return {p.name for p in folder.iterdir() if p.name.isdigit() and p.is_dir()}
+    return {str(version) for version in version_folders(repo / heads_model)}
 
 
 def base_sets(given: Sequence[Path]) -> tuple[Path, ...]:

@@ -79,9 +79,7 @@ def export_heads(
 
     model_dir = repo / heads_model
     model_dir.mkdir(parents=True, exist_ok=True)
-    version = str(
-        1 + max((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), default=0)
-    )
+    version = str(1 + max(ensemble.version_folders(model_dir), default=0))
     descriptor = HeadsDescriptor(
         heads_model=heads_model,
         version=version,
