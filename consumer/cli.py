@@ -8,7 +8,7 @@
     modstream schema [--out DIR]     write the JSON Schemas of the event contract
     modstream review                 the human review page (token: a new reviewer token)
     modstream train heads --data D   train platform and tenant heads (from a clone)
-    modstream train adapt|audit|finetune|prune  the shared model's steps (from a clone)
+    modstream train adapt|audit|feedback|finetune|prune  the other training steps (from a clone)
 
 Configuration errors exit with status 2 and a one-line reason on stderr.
 """

@@ -67,10 +67,7 @@ async def _add_async(args: argparse.Namespace) -> int:
         if (args.bank / "bank.json").is_file():
             bank = Bank.load(args.bank)
             model = bank.meta.model
-            stale = None not in (model.backbone_sha256, spec.backbone_sha256) and (
-                model.backbone_sha256 != spec.backbone_sha256
-            )
-            if (model.name, model.version) != (spec.name, spec.version) or stale:
+            if not model.matches(spec.name, spec.version, spec.backbone_sha256):
                 raise BankError(
                     f"bank {bank.meta.bank_id} holds embeddings of {model.name} version "
                     f"{model.version} (backbone {(model.backbone_sha256 or '?')[:12]}), Triton "

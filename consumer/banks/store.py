@@ -51,6 +51,13 @@ class BankModel(BaseModel):
     and version (fine-tuned, adapted, pruned) makes them stale. None for banks built before
     it was recorded, which are matched on name and version alone."""
 
+    def matches(self, name: str, version: str, backbone_sha256: str | None) -> bool:
+        """Whether embeddings of this model are comparable with those the served one makes."""
+        known = None not in (self.backbone_sha256, backbone_sha256)
+        return (self.name, self.version) == (name, version) and not (
+            known and self.backbone_sha256 != backbone_sha256
+        )
+
 
 class BankFile(BaseModel):
     """``bank.json``, validated at the edge."""
@@ -253,8 +260,7 @@ class BankSet:
         left_out = [
             bank.meta.bank_id
             for bank in self.banks
-            if (bank.meta.model.name, bank.meta.model.version) != (name, version)
-            or _stale(bank.meta.model.backbone_sha256, backbone_sha256)
+            if not bank.meta.model.matches(name, version, backbone_sha256)
         ]
         self._embedding_banks = {bank.meta.bank_id for bank in self.banks} - set(left_out)
         for bank in self.banks:
@@ -309,7 +315,3 @@ def pdq_hash(pixels: npt.NDArray[np.uint8]) -> tuple[bytes, int]:
 
     bits, quality = pdqhash.compute(np.ascontiguousarray(pixels))
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes(), int(quality)
-
-
-def _stale(recorded: str | None, served: str | None) -> bool:
-    return recorded is not None and served is not None and recorded != served

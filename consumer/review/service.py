@@ -37,7 +37,7 @@ from consumer.runtime.health import HealthServer, HealthState
 from consumer.runtime.kafka import (
     build_producer,
     build_reader,
-    ensure_compacted_topic,
+    ensure_compacted_topics,
     start_producer,
 )
 from consumer.runtime.metrics import TenantLabels
@@ -98,10 +98,12 @@ async def serve_review(
     )
     if config.csrf_secret is None:
         logger.warning("MODSTREAM_REVIEW__CSRF_SECRET is not set: forms only work on this replica")
-    for compacted in (settings.topics.labels, settings.topics.review_claims):
-        await ensure_compacted_topic(
-            settings.kafka, compacted, config.labels_partitions, config.labels_replication_factor
-        )
+    await ensure_compacted_topics(
+        settings.kafka,
+        [settings.topics.labels, settings.topics.review_claims],
+        config.labels_partitions,
+        config.labels_replication_factor,
+    )
     metrics = ReviewMetrics(
         TenantLabels(settings.metrics.max_tenant_labels, policies.current.tenants)
     )

@@ -156,11 +156,12 @@ async def read_topics(
     return records
 
 
-async def ensure_compacted_topic(
-    settings: KafkaSettings, topic: str, partitions: int, replication_factor: int
+async def ensure_compacted_topics(
+    settings: KafkaSettings, topics: Sequence[str], partitions: int, replication_factor: int
 ) -> None:
-    """Create ``topic`` with ``cleanup.policy=compact`` unless it exists (then it is kept as
-    it is: its partitions and configuration belong to whoever created it).
+    """Create each of ``topics`` with ``cleanup.policy=compact`` unless it exists (then it is
+    kept as it is: its partitions and configuration belong to whoever created it); one
+    request for all of them.
 
     Raises BrokerUnavailable when Kafka cannot be reached or refuses the topic.
     """
@@ -175,6 +176,7 @@ async def ensure_compacted_topic(
                     replication_factor=replication_factor,
                     topic_configs={"cleanup.policy": "compact"},
                 )
+                for topic in topics
             ]
         )
         for name, error_code, error_message in response.topic_errors:
@@ -185,7 +187,8 @@ async def ensure_compacted_topic(
                 )
     except KafkaError as exc:
         raise BrokerUnavailable(
-            f"cannot reach Kafka at {settings.bootstrap_servers} to check topic {topic}: {exc}"
+            f"cannot reach Kafka at {settings.bootstrap_servers} to check topics "
+            f"{', '.join(topics)}: {exc}"
         ) from exc
     finally:
         await admin.close()
