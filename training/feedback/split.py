@@ -3,9 +3,10 @@ after a verdict changed) keeps every event on the side it was on."""
 
 from __future__ import annotations
 
-import hashlib
+from training.heads.train import TEST, TRAIN, hashed_fraction
 
-TRAIN, TEST = "train", "test"
+__all__ = ["HELD_OUT_FRACTION", "TEST", "TRAIN", "split_of"]
+
 HELD_OUT_FRACTION = 0.3
 """The share of verdicts held out, as the heads trainer holds out unsplit rows."""
 
@@ -13,5 +14,4 @@ HELD_OUT_FRACTION = 0.3
 def split_of(event_id: str, fraction: float = HELD_OUT_FRACTION, salt: str = "feedback") -> str:
     """``test`` for about ``fraction`` of event ids, ``train`` for the rest; the same answer
     for the same id, on every machine and run."""
-    digest = hashlib.sha256(f"{salt}/{event_id}".encode()).digest()
-    return TEST if int.from_bytes(digest[:8], "big") / 2**64 < fraction else TRAIN
+    return TEST if hashed_fraction(f"{salt}/{event_id}") < fraction else TRAIN

@@ -59,7 +59,7 @@ def export_tuned(model: NsfwModel, repo: Path, prototypes: Prototypes) -> TunedE
     config = read_config(folder / "config.pbtxt")
     if config.name != folder.name or BACKBONE_SHA_PARAMETER not in config.parameters:
         raise ImportFailed(f"{folder / 'config.pbtxt'}: name or backbone sha256 missing")
-    sha256 = config.parameters[BACKBONE_SHA_PARAMETER].string_value
+    sha256 = report.backbone_sha256
     logger.info(
         "exported %s (sha256 %s): max |Δprob| %.1e, max |Δembedding| %.1e",
         folder,

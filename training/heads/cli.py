@@ -27,7 +27,14 @@ from consumer.errors import ConfigError
 from training.heads import metrics, report
 from training.heads.assemble import benign_mask, train_and_report
 from training.heads.embed import Backbone, Embedded, TrainingFailed, embed_images
-from training.heads.train import LEARNING_SIZES, TEST, TRAIN, EmbeddedRows, Row
+from training.heads.train import (
+    LEARNING_SIZES,
+    TEST,
+    TRAIN,
+    EmbeddedRows,
+    Row,
+    hashed_fraction,
+)
 from training.heads.trained import TrainedHeads
 
 logger = logging.getLogger(__name__)
@@ -133,7 +140,6 @@ def resolve_splits(rows: Sequence[Row], test_fraction: float, seed: int) -> tupl
 
     Raises TrainingFailed on any other split.
     """
-    import hashlib
 
     splits = []
     for row in rows:
@@ -142,9 +148,7 @@ def resolve_splits(rows: Sequence[Row], test_fraction: float, seed: int) -> tupl
         elif row.split == "val":
             splits.append(TRAIN)
         elif row.split is None:
-            digest = hashlib.sha256(f"{seed}/{row.group}".encode()).digest()
-            fraction = int.from_bytes(digest[:8], "big") / 2**64
-            splits.append(TEST if fraction < test_fraction else TRAIN)
+            splits.append(TEST if hashed_fraction(f"{seed}/{row.group}") < test_fraction else TRAIN)
         else:
             raise TrainingFailed(f"{row.source}: split {row.split!r} is neither train nor test")
     return tuple(splits)

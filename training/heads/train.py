@@ -23,6 +23,7 @@ is reproducible.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -57,6 +58,15 @@ from training.heads.trained import TrainedHeads
 logger = logging.getLogger(__name__)
 
 TRAIN, TEST = "train", "test"
+
+
+def hashed_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by ``key`` alone: the same on every machine and run, so a
+    split drawn from it keeps every row on its side when rows are added."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 SELECTED = "selected"
 """Learning-curve series of whatever kind the cross-validation picks at that size."""
 LEARNING_SIZES = (5, 10, 20, 50, 100)

@@ -79,6 +79,8 @@ class ExportReport:
     max_similarity_diff: float
     prototype_counts: dict[str, int]
     seconds: float
+    backbone_sha256: str
+    """Of the installed model.onnx: what its config records and heads are checked against."""
 
 
 def triton_name(model_name: str) -> str:
@@ -226,7 +228,7 @@ def export_to_repository(model: NsfwModel, repo: Path, prototypes: Prototypes) -
     target = repo / triton_name(cfg.name)
     repo.mkdir(parents=True, exist_ok=True)
 
-    def fill(staging: Path) -> tuple[float, float, float]:
+    def fill(staging: Path) -> tuple[tuple[float, float, float], str]:
         (staging / "1").mkdir()
         onnx_path = staging / "1" / "model.onnx"
         export_onnx(served, onnx_path)
@@ -236,9 +238,9 @@ def export_to_repository(model: NsfwModel, repo: Path, prototypes: Prototypes) -
         (staging / "labels.txt").write_text(
             "\n".join(CATEGORIES[name] for name in cfg.class_names) + "\n"
         )
-        return diffs
+        return diffs, model_sha256
 
-    probs_diff, embedding_diff, similarity_diff = replace_folder(target, fill)
+    (probs_diff, embedding_diff, similarity_diff), model_sha256 = replace_folder(target, fill)
     return ExportReport(
         name=cfg.name,
         triton_name=target.name,
@@ -248,6 +250,7 @@ def export_to_repository(model: NsfwModel, repo: Path, prototypes: Prototypes) -
         max_similarity_diff=similarity_diff,
         prototype_counts=prototypes.counts,
         seconds=time.perf_counter() - started,
+        backbone_sha256=model_sha256,
     )
 
 

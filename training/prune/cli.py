@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
 import logging
 import os
 import platform
@@ -137,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # two graphs built the same way.
         baseline = _export(teacher, Path(scratch), labelled, labelled_source)
         onnx_files = {UNPRUNED: Path(scratch) / baseline.triton_name / "1" / "model.onnx"}
-        unpruned_sha = _sha256(onnx_files[UNPRUNED])
+        unpruned_sha = baseline.backbone_sha256
         teacher_session = agreement.open_session(onnx_files[UNPRUNED], args.threads)
         teacher_probs = {
             key: agreement.onnx_probs(teacher_session, images.pixels)
@@ -160,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "params_ratio": round(size_after.params / unpruned_size.params, 4),
                     "flops_ratio": round(size_after.flops / unpruned_size.flops, 4),
                     "onnx_bytes": exported.onnx_bytes,
-                    "backbone_sha256": _sha256(onnx_path),
+                    "backbone_sha256": exported.backbone_sha256,
                     "parity": {
                         "max_probs_diff": exported.max_probs_diff,
                         "max_embedding_diff": exported.max_embedding_diff,
@@ -282,10 +281,6 @@ def _report(
         },
         "pruned": rows,
     }
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _cpus() -> int | None:
