@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from selenium import webdriver
@@ -33,6 +34,7 @@ from tests.support.heads import qr_composite
 from tests.support.kafka_io import read_until
 from tests.support.paths import REPO_ROOT, TRITON_REPO
 from tests.support.review import (
+    answered,
     fresh_topics,
     queue_items,
     review_page,
@@ -140,6 +142,11 @@ def test_a_reviewer_clears_a_queue_by_keyboard(
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with review_page(settings) as page:
+        # The page answers 503 until its queue is loaded; a browser would not reload by itself.
+        ready = answered(
+            lambda: httpx.get(f"{page.url}/", headers={"Authorization": f"Bearer {TOKEN}"}), 30
+        )
+        assert ready.status_code == 200
         driver = browser
         driver.get(f"{page.url}/login")
         driver.find_element(By.ID, "token").send_keys(TOKEN + "\n")
